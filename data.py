@@ -1,0 +1,574 @@
+"""Data for HVG: level presets, the video pyramid, datasets, loaders and video files.
+
+HVG trains one GAN per level. Level l works on clips of shape (T_l, H_l, W_l);
+level l-1 is level l downsampled by `down` (average-pool space by the spatial
+factor, keep every time-factor-th frame). This file holds everything a level needs
+to see real data:
+
+  presets        PRESETS["tiny"] = (LevelSpec level 1, level 2, level 3), ...
+  the pyramid    down(video, tf, sf)          (B,C,T,H,W) -> (B,C,T/tf,H/sf,W/sf)
+                 pad_condition(cond, K)       (...,t,h,w) -> (...,t+2K,h,w)
+                 level_example(video, ...)    one partial-view training pair
+  datasets       make_dataset("synthetic" | "kinetics600" | "bdd100k" | "ucf101" |
+                 "folder" | "cache", ...)   items: (video (3,T_l,H_l,W_l) in [-1,1], label)
+  loaders        LevelDataset + make_loader: batches that are a pure function of
+                 (seed, sample position), so resuming and workers are exact.
+  video files    to_uint8, video_grid, write_video (.mp4/.gif), write_image,
+                 contact_sheet.
+
+Videos are float tensors (C, T, H, W) or (B, C, T, H, W) in [-1, 1].
+
+The default dataset, `synthetic`, is procedural: coloured disks and striped squares
+bouncing over a scrolling background with a fine checker, rendered from continuous
+parameters at any resolution and frame rate. It needs no download, and its levels
+form an exact pyramid: down(level-l clip) == level-(l-1) clip.
+
+Commands:
+  python data.py preview --data synthetic --preset tiny --num 4 --out preview
+  python data.py prepare --data kinetics600 --data-root RAW --out CACHE --preset kinetics600
+  python data.py preview --data cache --data-root CACHE --preset kinetics600 --out preview
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+
+class UserError(Exception):
+    """Something the user can fix (a path, a flag, a file). The message says what was
+    wrong, with the value, and what to do. Scripts print "error: <message>", exit 2."""
+
+
+# ----------------------------------------------------------------------------------
+# Presets: the shape of every level.
+# ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LevelSpec:
+    level: int          # 1-based
+    frames: int         # T_l
+    size: int           # H_l == W_l
+    time_factor: int    # temporal upsampling factor from level l-1 (1 for level 1)
+    space_factor: int   # spatial factor from level l-1 (1 for level 1)
+    crop_frames: int    # partial-view output crop length (== frames for level 1)
+    context: int        # condition frames of temporal context each side (0 for level 1)
+
+
+def _pyramid(shapes, crop_frames=8, context=2):
+    """Build a preset from [(frames, size), ...], level 1 first. Factors are the ratios
+    between consecutive levels; level 1 always sees its whole clip (no partial view)."""
+    specs = [LevelSpec(1, shapes[0][0], shapes[0][1], 1, 1, shapes[0][0], 0)]
+    for level, ((t0, s0), (t1, s1)) in enumerate(zip(shapes, shapes[1:]), start=2):
+        specs.append(LevelSpec(level, t1, s1, t1 // t0, s1 // s0, crop_frames, context))
+    return tuple(specs)
+
+
+PRESETS = {
+    # A seconds-per-step preset for tests and laptops.
+    "tiny": _pyramid([(8, 16), (16, 32), (32, 64)]),
+    # The paper's three-level model: 48 frames at 256x256 in the end.
+    "kinetics600": _pyramid([(12, 64), (24, 128), (48, 256)]),
+    "bdd100k": _pyramid([(12, 64), (24, 128), (48, 256)]),
+    "ucf101": _pyramid([(12, 64), (24, 128)]),
+}
+
+
+def _check_preset(preset):
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    return PRESETS[preset]
+
+
+def level_spec(preset, level):
+    """The LevelSpec of `level` (1-based) in `preset`."""
+    specs = _check_preset(preset)
+    if not isinstance(level, (int, np.integer)) or not 1 <= level <= len(specs):
+        raise UserError(f"preset {preset!r} has levels 1..{len(specs)}, not {level!r}")
+    return specs[level - 1]
+
+
+def num_levels(preset):
+    return len(_check_preset(preset))
+
+
+def pyramid_factors(preset, level):
+    """(time, space) factors from level `level` up to the preset's finest level:
+    down(finest clip, *pyramid_factors(preset, l)) has level l's shape."""
+    specs = _check_preset(preset)[level:]
+    return math.prod(s.time_factor for s in specs), math.prod(s.space_factor for s in specs)
+
+
+def frame_time(preset, level):
+    """Time between two frames of `level`, in units of level-1 frames:
+    frame_time_l = 1 / (product of the time factors of levels 2..l).
+    So level l-1's frame j is at the same time as level l's frame j * tf."""
+    specs = _check_preset(preset)[:level]
+    return 1.0 / math.prod(s.time_factor for s in specs)
+
+
+# ----------------------------------------------------------------------------------
+# The pyramid: down, pad_condition, level_example.
+# ----------------------------------------------------------------------------------
+
+def down(video, time_factor, space_factor):
+    """down_l: a level-l video to level l-1's shape.
+
+    (B, C, T, H, W) -> (B, C, ceil(T/tf), H/sf, W/sf)   (also (C, T, H, W))
+    Space: average pooling over sf x sf blocks, so a coarse pixel is the mean of the
+    fine pixels it covers. Time: keep frames 0, tf, 2tf, ... (no temporal blur: the
+    coarse level is a lower frame rate, not a motion-blurred one).
+    """
+    if video.shape[-1] % space_factor or video.shape[-2] % space_factor:
+        raise ValueError(f"down: spatial size {tuple(video.shape[-2:])} is not divisible "
+                         f"by the space factor {space_factor}")
+    video = video[..., ::time_factor, :, :]
+    if space_factor == 1:
+        return video
+    *lead, t, h, w = video.shape
+    # (..., t, H, W) -> (..., t, H/sf, sf, W/sf, sf) -> mean over the two sf axes
+    blocks = video.reshape(*lead, t, h // space_factor, space_factor, w // space_factor, space_factor)
+    return blocks.mean(axis=(-3, -1)) if isinstance(video, np.ndarray) else blocks.mean(dim=(-3, -1))
+
+
+def pad_condition(condition, context):
+    """Give the condition `context` extra frames on each side by replicating its first
+    and last frame: (..., t, h, w) -> (..., t + 2K, h, w).
+
+    In training, a crop in the middle of the clip sees real neighbouring frames as
+    context; at the ends of the clip (and of a sampled video) there are none, and
+    replicating the edge frame is what both training and windowed sampling use, so
+    the generator sees the same thing in both.
+    """
+    if context == 0:
+        return condition
+    first = condition[..., :1, :, :]
+    last = condition[..., -1:, :, :]
+    reps = [1] * (condition.ndim - 3) + [context, 1, 1]
+    if isinstance(condition, np.ndarray):
+        return np.concatenate([np.tile(first, reps), condition, np.tile(last, reps)], axis=-3)
+    return torch.cat([first.repeat(*reps), condition, last.repeat(*reps)], dim=-3)
+
+
+def level_example(video, preset, level, crop_frames=None, context=None, crop_size=None,
+                  rng=None, crop_start=None):
+    """One training example for `level` from a real clip at the level's full shape.
+
+    video: (C, T_l, H_l, W_l). Level 1 is trained on whole clips: {"target": video}.
+    Levels >= 2 are trained on partial views (HVG sec. 3.2):
+
+        cond   = down(video, tf, sf)                    (C, T_l/tf, h, w)
+        padded = pad_condition(cond, K)                 (C, T_l/tf + 2K, h, w)
+        s      = crop start in output frames, a multiple of tf, uniform in [0, T_l - crop]
+        j0     = s / tf                                 the matching condition frame
+        target    = video[:, s : s + crop]              (C, crop, H, W)
+        condition = padded[:, j0 : j0 + crop/tf + 2K]   (C, crop/tf + 2K, h, w)
+
+    Condition frame K + j (of the crop) is at the same time as target frame j * tf:
+    the K frames before and after are the temporal context. With crop_size, target
+    and condition are also cropped in space at the same place (crop_size and
+    crop_size / sf pixels). Returns {"target", "condition", "crop_start"}.
+    """
+    spec = level_spec(preset, level)
+    if level == 1:
+        return {"target": video}
+    tf, sf = spec.time_factor, spec.space_factor
+    crop = spec.crop_frames if crop_frames is None else crop_frames
+    K = spec.context if context is None else context
+    _, T, H, W = video.shape
+    if crop > T or crop < tf or crop % tf:
+        raise UserError(f"crop_frames={crop} must be a multiple of level {level}'s time factor "
+                        f"{tf}, at most its {T} frames")
+    if K < 0 or K > T // tf:
+        raise UserError(f"context={K} must be in 0..{T // tf} (the condition clip's length)")
+    if crop_size is not None and (crop_size > min(H, W) or crop_size % sf or crop_size < sf):
+        raise UserError(f"crop_size={crop_size} must be a multiple of the space factor {sf}, "
+                        f"at most the level's size {min(H, W)}")
+    rng = np.random.default_rng() if rng is None else rng
+
+    # Crop start s in output frames, a multiple of tf so it lands on a condition frame.
+    if crop_start is None:
+        s = int(rng.integers(0, (T - crop) // tf + 1)) * tf
+    else:
+        s = int(crop_start)
+        if s % tf or not 0 <= s <= T - crop:
+            raise UserError(f"crop_start={s} must be a multiple of {tf} in 0..{T - crop}")
+    j0 = s // tf
+
+    condition = pad_condition(down(video, tf, sf), K)  # (C, T/tf + 2K, h, w)
+    target = video[:, s:s + crop]                       # (C, crop, H, W)
+    # Padded frame j0 + K is condition frame j0 = output frame s: the crop's first frame.
+    condition = condition[:, j0:j0 + crop // tf + 2 * K]  # (C, crop/tf + 2K, h, w)
+
+    if crop_size is not None:
+        # Same place in both: the top-left corner is a multiple of sf.
+        y = int(rng.integers(0, (H - crop_size) // sf + 1)) * sf
+        x = int(rng.integers(0, (W - crop_size) // sf + 1)) * sf
+        target = target[:, :, y:y + crop_size, x:x + crop_size]
+        c = crop_size // sf
+        condition = condition[:, :, y // sf:y // sf + c, x // sf:x // sf + c]
+    return {"target": target, "condition": condition, "crop_start": s}
+
+
+# ----------------------------------------------------------------------------------
+# The synthetic dataset.
+# ----------------------------------------------------------------------------------
+
+# Saturated object colours, in [-1, 1]. Objects take distinct ones.
+PALETTE = np.array([
+    [1.0, -0.8, -0.8],   # red
+    [-0.8, 0.9, -0.8],   # green
+    [-0.6, -0.5, 1.0],   # blue
+    [1.0, 0.9, -0.9],    # yellow
+    [-0.9, 0.9, 0.9],    # cyan
+    [0.9, -0.8, 0.9],    # magenta
+    [1.0, 0.2, -0.9],    # orange
+], dtype=np.float32)
+
+
+def _bounce(start, velocity, low, high, t):
+    """Position at times t of a point moving at constant velocity between two walls,
+    reflecting off them: a triangle wave. Closed form, so any frame rate works.
+        u = (start - low + velocity * t) mod 2L,  L = high - low
+        p = low + L - |u - L|
+    """
+    span = high - low
+    u = np.mod(start - low + velocity * t, 2 * span)
+    return low + span - np.abs(u - span)
+
+
+class SyntheticVideos(Dataset):
+    """Procedural videos: 1-3 coloured objects bouncing over a scrolling background.
+
+    Structure at both scales, as real video has:
+      global layout and motion: disks and squares (radius 0.1-0.2 of the frame)
+        moving with constant velocity and bouncing off the walls, over a smooth
+        background that scrolls slowly;
+      fine detail: sharp edges, stripes inside the squares, a small "eye" inside
+        each disk, a fine checker on the background (cells 1/32 of the frame: a
+        flat tint at 16 px, visible texture at 64 px).
+    Item i is a pure function of (seed, i), rendered from continuous parameters:
+    space is the unit square, time is in level-1 frames, frame t is at t * frame_time.
+
+    Rendering is area averaging (supersampling): each pixel is the mean of an s x s
+    grid of point samples, s = sample_grid / size, so every size samples the same
+    sample_grid x sample_grid grid. make_dataset sets sample_grid to the preset's
+    finest size: the finest level is point-sampled and every coarser level is the
+    exact average of it, so down(level-l clip) equals the level-(l-1) clip up to
+    float rounding (tests/test_data.py checks it).
+
+    __getitem__(i) -> (video float (3, frames, size, size) in [-1, 1], label),
+    label = number of objects - 1 (num_classes = 3).
+    """
+
+    num_classes = 3
+    class_names = ("one object", "two objects", "three objects")
+
+    def __init__(self, frames, size, frame_time, seed=0, length=10**9, sample_grid=None):
+        self.frames, self.size, self.frame_time = frames, size, frame_time
+        self.seed, self.length = seed, length
+        # Samples per pixel along each axis (at least 4 x 4 by default).
+        sample_grid = max(size, 64) if sample_grid is None else sample_grid
+        self.samples = max(1, math.ceil(sample_grid / size))
+
+    def __len__(self):
+        return self.length
+
+    def scene(self, index):
+        """The continuous parameters of video `index`."""
+        rng = np.random.default_rng([self.seed, index])
+        num_objects = int(rng.integers(1, 4))
+        colours = rng.choice(len(PALETTE), size=num_objects, replace=False)
+        objects = []
+        for k in range(num_objects):
+            radius = rng.uniform(0.1, 0.2)
+            angle = rng.uniform(0, 2 * np.pi)
+            speed = rng.uniform(0.03, 0.08)  # frame widths per level-1 frame
+            objects.append(dict(
+                kind=("disk", "square")[int(rng.integers(2))],
+                radius=radius,
+                start=rng.uniform(radius, 1 - radius, size=2),
+                velocity=speed * np.array([np.cos(angle), np.sin(angle)]),
+                colour=PALETTE[colours[k]],
+                stripe_period=rng.choice([1 / 16, 1 / 12]),    # squares: stripes
+                stripe_axis=int(rng.integers(2)),
+                eye=rng.uniform(-0.4, 0.4, size=2) * radius,   # disks: a small part
+            ))
+        return dict(
+            objects=objects,
+            label=num_objects - 1,
+            background=rng.uniform(-0.5, 0.0, size=3).astype(np.float32),
+            tint=rng.uniform(-0.3, 0.3, size=3).astype(np.float32),
+            waves=rng.uniform(0.5, 1.5, size=2),                # cycles per frame width
+            phases=rng.uniform(0, 2 * np.pi, size=2),
+            scroll=rng.uniform(-0.02, 0.02, size=2),            # frame widths per frame
+            checker=np.float32(rng.uniform(0.08, 0.2)),  # |background| <= 1 without clipping
+        )
+
+    def render(self, scene):
+        """(3, frames, size, size) float32 numpy in [-1, 1]."""
+        n = self.size * self.samples
+        coords = ((np.arange(n) + 0.5) / n).astype(np.float32)  # sample centres in [0, 1]
+        t = (np.arange(self.frames) * self.frame_time).astype(np.float32)[:, None, None]  # (T,1,1)
+        x = coords[None, None, :]  # (1, 1, n)
+        y = coords[None, :, None]  # (1, n, 1)
+
+        # Background: a smooth field sin(2 pi f x' + a) + sin(2 pi f y' + b) plus a fine
+        # checker sign(sin(32 pi x')) * sign(sin(32 pi y')), both moving with
+        # (x', y') = (x - v_x t, y - v_y t): the whole background scrolls.
+        bx = x - np.float32(scene["scroll"][0]) * t  # (T, 1, n)
+        by = y - np.float32(scene["scroll"][1]) * t  # (T, n, 1)
+        smooth = 0.5 * (np.sin(2 * np.pi * scene["waves"][0] * bx + scene["phases"][0])
+                        + np.sin(2 * np.pi * scene["waves"][1] * by + scene["phases"][1]))
+        checker = np.sign(np.sin(32 * np.pi * bx)) * np.sign(np.sin(32 * np.pi * by))
+        image = (scene["background"][:, None, None, None]
+                 + scene["tint"][:, None, None, None] * smooth[None]
+                 + scene["checker"] * checker[None]).astype(np.float32)  # (3, T, n, n)
+
+        # Objects, painted in order over the background.
+        for obj in scene["objects"]:
+            r = obj["radius"]
+            cx = _bounce(obj["start"][0], obj["velocity"][0], r, 1 - r, t).astype(np.float32)
+            cy = _bounce(obj["start"][1], obj["velocity"][1], r, 1 - r, t).astype(np.float32)
+            dx, dy = x - cx, y - cy  # (T, 1, n), (T, n, 1): offsets from the centre
+            colour = obj["colour"][:, None, None, None]  # (3, 1, 1, 1)
+            if obj["kind"] == "disk":
+                inside = dx ** 2 + dy ** 2 <= r ** 2                     # (T, n, n)
+                eye = (dx - obj["eye"][0]) ** 2 + (dy - obj["eye"][1]) ** 2 <= (0.3 * r) ** 2
+                value = np.where(eye[None], -colour, colour)           # a small dark part
+            else:
+                inside = (np.abs(dx) <= r) & (np.abs(dy) <= r)          # (T, n, n)
+                along = dx if obj["stripe_axis"] == 0 else dy
+                stripes = np.sin(2 * np.pi * along / obj["stripe_period"]) > 0
+                value = np.where(stripes[None], colour, 0.3 * colour)  # (3, T, ., .)
+            image = np.where(inside[None], value, image)
+
+        # Area average: (3, T, size*s, size*s) -> (3, T, size, s, size, s) -> mean.
+        s = self.samples
+        image = image.reshape(3, self.frames, self.size, s, self.size, s).mean(axis=(3, 5))
+        return np.clip(image, -1.0, 1.0)
+
+    def __getitem__(self, index):
+        scene = self.scene(index)
+        return torch.from_numpy(np.ascontiguousarray(self.render(scene))), scene["label"]
+
+
+# ----------------------------------------------------------------------------------
+# make_dataset: one entry point for every data source.
+# ----------------------------------------------------------------------------------
+
+DATASETS = ("synthetic", "kinetics600", "bdd100k", "ucf101", "folder", "cache")
+
+
+def make_dataset(data, data_root, preset, level, seed=0, frame_stride=None, random_crop=False,
+                 hflip=False, **options):
+    """A Dataset whose items are (video (3, T_l, H_l, W_l) float in [-1, 1], label int)
+    at level `level`'s full shape, with a `num_classes` attribute (0: no labels).
+
+    Every level sees the same pyramid: a clip is made at the preset's finest shape
+    and brought to level l with down(), so down(level-l item) matches level l-1.
+    """
+    spec = level_spec(preset, level)
+    if data == "synthetic":
+        finest = PRESETS[preset][-1]
+        # Sample grid = the finest size: coarser levels are exact averages of it.
+        return SyntheticVideos(spec.frames, spec.size, frame_time(preset, level), seed=seed,
+                               sample_grid=finest.size, **options)
+    if data in DATASETS:
+        return _make_file_dataset(data, data_root, preset, level, seed, frame_stride,
+                                  random_crop, hflip, **options)
+    raise UserError(f"unknown dataset {data!r}; valid: {', '.join(DATASETS)}")
+
+
+# ----------------------------------------------------------------------------------
+# LevelDataset and make_loader: reproducible batches.
+# ----------------------------------------------------------------------------------
+
+class LevelDataset(Dataset):
+    """Training examples of one level, indexed by GLOBAL sample position.
+
+    position = step * global_batch + rank * local_batch + i. Everything random about
+    the example at a position is drawn from numpy.random.default_rng([seed, position]),
+    and the base video is chosen by position too:
+      unbounded base (synthetic): base index = position, every video fresh;
+      finite base of N videos: epoch e = position // N, base index =
+        permutation_{seed, e}[position % N] (a new shuffle every epoch).
+    So a batch is a pure function of (seed, positions): resuming at step k gives the
+    batches an uninterrupted run would have seen, whatever the number of workers.
+    __getitem__(position) -> level_example(...) + {"label": int}
+    """
+
+    def __init__(self, base, preset, level, seed, crop_frames=None, context=None, crop_size=None):
+        self.base, self.preset, self.level, self.seed = base, preset, level, seed
+        self.crop_frames, self.context, self.crop_size = crop_frames, context, crop_size
+        self.num_classes = getattr(base, "num_classes", 0)
+        self._permutation = (None, None)  # (epoch, permutation), cached per worker
+
+    def __len__(self):
+        return sys.maxsize  # positions are unbounded; make_loader never asks for len
+
+    def base_index(self, position):
+        n = len(self.base)
+        if isinstance(self.base, SyntheticVideos):
+            return position % n
+        epoch = position // n
+        if self._permutation[0] != epoch:
+            self._permutation = (epoch, np.random.default_rng([self.seed, epoch]).permutation(n))
+        return int(self._permutation[1][position % n])
+
+    def __getitem__(self, position):
+        rng = np.random.default_rng([self.seed, position])
+        index = self.base_index(position)
+        # Real datasets draw their clip start / crop / flip from the same rng.
+        if hasattr(self.base, "load"):
+            video, label = self.base.load(index, rng)
+        else:
+            video, label = self.base[index]
+        example = level_example(video, self.preset, self.level, self.crop_frames, self.context,
+                                self.crop_size, rng=rng)
+        example["label"] = label
+        return example
+
+
+class _PositionBatches(torch.utils.data.Sampler):
+    """Batch b on rank r holds positions b*B*world + r*B + i, i < B, for b = start, ..."""
+
+    def __init__(self, batch_size, start_batch, rank, world_size):
+        self.batch_size, self.start_batch = batch_size, start_batch
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self):
+        b = self.start_batch
+        while True:
+            first = (b * self.world_size + self.rank) * self.batch_size
+            yield list(range(first, first + self.batch_size))
+            b += 1
+
+
+def make_loader(dataset, batch_size, start_batch=0, num_workers=0, rank=0, world_size=1,
+                pin_memory=False):
+    """An infinite iterator of batches (dicts of stacked tensors) from a LevelDataset.
+    Batch b on rank r holds positions b*batch_size*world_size + r*batch_size + i;
+    start_batch=k resumes exactly at the k-th batch."""
+    loader = DataLoader(dataset, batch_sampler=_PositionBatches(batch_size, start_batch, rank, world_size),
+                        num_workers=num_workers, pin_memory=pin_memory,
+                        persistent_workers=num_workers > 0)
+    return iter(loader)
+
+
+# ----------------------------------------------------------------------------------
+# Video files.
+# ----------------------------------------------------------------------------------
+
+def to_uint8(video):
+    """(C, T, H, W) float in [-1, 1] (tensor or array) -> numpy uint8 (T, H, W, 3)."""
+    if isinstance(video, torch.Tensor):
+        video = video.detach().float().cpu().numpy()
+    video = np.asarray(video, dtype=np.float32)
+    if video.shape[0] == 1:
+        video = np.repeat(video, 3, axis=0)
+    # x in [-1, 1] -> round((x + 1) * 127.5) in [0, 255]
+    pixels = np.clip(np.round((video + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(pixels.transpose(1, 2, 3, 0))  # (C,T,H,W) -> (T,H,W,C)
+
+
+def video_grid(videos, nrow=None, pad=1):
+    """Tile N videos into one: (N, C, T, H, W) -> (C, T, H', W'), nrow videos per row
+    (default ceil(sqrt(N))), `pad` black pixels between and around them."""
+    n, c, t, h, w = videos.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    grid = videos.new_full((c, t, rows * (h + pad) + pad, nrow * (w + pad) + pad), -1.0)
+    for k in range(n):
+        y, x = pad + (k // nrow) * (h + pad), pad + (k % nrow) * (w + pad)
+        grid[:, :, y:y + h, x:x + w] = videos[k]
+    return grid
+
+
+def _as_frames(video):
+    """Float (C,T,H,W) in [-1,1] or uint8 (T,H,W,3) -> uint8 (T,H,W,3)."""
+    if isinstance(video, np.ndarray) and video.dtype == np.uint8:
+        return video
+    return to_uint8(video)
+
+
+def _player_friendly(frames, min_size=64, multiple=16):
+    """Upscale (nearest, integer factor) so the short side is >= min_size, then pad
+    with black to multiples of `multiple` (what H.264 players and yuv420p need)."""
+    t, h, w, _ = frames.shape
+    scale = max(1, math.ceil(min_size / min(h, w)))
+    frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+    h, w = h * scale, w * scale
+    pad_h, pad_w = -h % multiple, -w % multiple
+    return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+
+
+def write_video(path, video, fps=8):
+    """Write a video as .mp4 (H.264 through imageio-ffmpeg) or .gif, by suffix.
+    video: (C, T, H, W) float in [-1, 1] or uint8 (T, H, W, 3). Creates parent
+    folders. Small videos are upscaled (nearest) to >= 64 px so players show them."""
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = _player_friendly(_as_frames(video))
+    suffix = path.suffix.lower()
+    if suffix == ".mp4":
+        # Sizes are already multiples of 16: macro_block_size=16 then resizes nothing.
+        writer = imageio.get_writer(path, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                    pixelformat="yuv420p", macro_block_size=16,
+                                    ffmpeg_log_level="error")
+        with writer:
+            for frame in frames:
+                writer.append_data(frame)
+    elif suffix == ".gif":
+        imageio.mimsave(path, list(frames), duration=1000.0 / fps, loop=0)
+    else:
+        raise UserError(f"cannot write video {str(path)!r}: use a .mp4 or .gif file name")
+
+
+def write_image(path, image):
+    """Write a uint8 (H, W, 3) image as PNG, creating parent folders."""
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.imwrite(path, np.asarray(image, dtype=np.uint8), format="png")
+
+
+def contact_sheet(rows, size=None, pad=2):
+    """One image showing videos frame by frame: a row per video, its frames left to
+    right, each frame resized (nearest) to a common height (`size`, default the
+    tallest video's). rows: list of (C, T, H, W) in [-1, 1] -> uint8 (H', W', 3)."""
+    height = size or max(int(v.shape[-2]) for v in rows)
+    strips = []
+    for video in rows:
+        frames = to_uint8(video)  # (T, H, W, 3)
+        t, h, w, _ = frames.shape
+        width = max(1, round(w * height / h))
+        # Nearest resize by index lookup: output pixel (i, j) <- input (i*h/H, j*w/W).
+        ys = (np.arange(height) * h // height)
+        xs = (np.arange(width) * w // width)
+        frames = frames[:, ys][:, :, xs]  # (T, height, width, 3)
+        gap = np.zeros((t, height, pad, 3), np.uint8)
+        # (T, height, width + pad, 3) -> (height, T * (width + pad), 3)
+        strips.append(np.concatenate([frames, gap], axis=2).transpose(1, 0, 2, 3).reshape(height, -1, 3))
+    full = max(s.shape[1] for s in strips)
+    strips = [np.pad(s, ((0, pad), (0, full - s.shape[1]), (0, 0))) for s in strips]
+    return np.concatenate(strips, axis=0)
+
+
+def _make_file_dataset(data, data_root, preset, level, seed, frame_stride, random_crop, hflip,
+                       **options):
+    raise UserError(f"--data {data} is not available yet in this version of data.py; "
+                    f"use --data synthetic")

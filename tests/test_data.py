@@ -1,0 +1,197 @@
+"""What data.py guarantees: the level pyramid, partial views, the synthetic dataset,
+real video files, the decode-once cache and reproducible loaders.
+
+Run: python -m pytest -q tests/test_data.py
+"""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import data
+from data import (PRESETS, LevelDataset, SyntheticVideos, UserError, down, frame_time,
+                  level_example, level_spec, make_dataset, make_loader, pad_condition)
+
+
+# ---------------------------------------------------------------- presets and pyramid
+
+def test_presets_shapes_chain():
+    for name, specs in PRESETS.items():
+        for coarse, fine in zip(specs, specs[1:]):
+            assert fine.frames == coarse.frames * fine.time_factor
+            assert fine.size == coarse.size * fine.space_factor
+    assert [(s.frames, s.size) for s in PRESETS["kinetics600"]] == [(12, 64), (24, 128), (48, 256)]
+    assert level_spec("tiny", 2).crop_frames == 8 and level_spec("tiny", 2).context == 2
+    assert level_spec("tiny", 1).crop_frames == 8 and level_spec("tiny", 1).context == 0
+    with pytest.raises(UserError, match="tiny"):
+        level_spec("huge", 1)
+    with pytest.raises(UserError, match="1..2"):
+        level_spec("ucf101", 3)
+
+
+def test_down_averages_space_and_keeps_every_tf_th_frame():
+    video = torch.arange(2 * 3 * 4 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4, 4)
+    small = down(video, 2, 2)
+    assert small.shape == (2, 3, 2, 2, 2)
+    # Frame 1 of the result is frame 2 of the input; pixel (0, 0) the mean of a 2x2 block.
+    block = video[:, :, 2, 0:2, 0:2]
+    assert torch.allclose(small[:, :, 1, 0, 0], block.mean(dim=(-2, -1)))
+    assert down(video[0], 2, 2).shape == (3, 2, 2, 2)  # (C, T, H, W) works too
+
+
+def test_pad_condition_replicates_edge_frames():
+    condition = torch.randn(3, 4, 2, 2)
+    padded = pad_condition(condition, 2)
+    assert padded.shape == (3, 8, 2, 2)
+    assert torch.equal(padded[:, 2:6], condition)
+    assert torch.equal(padded[:, 0], condition[:, 0]) and torch.equal(padded[:, 1], condition[:, 0])
+    assert torch.equal(padded[:, 7], condition[:, -1])
+    assert torch.equal(pad_condition(condition, 0), condition)
+
+
+@pytest.mark.parametrize("crop_start", [0, 4, 8])
+def test_level_example_condition_lines_up_with_target(crop_start):
+    spec = level_spec("tiny", 2)  # 16x32x32, tf = sf = 2, crop 8, context 2
+    video = torch.rand(3, spec.frames, spec.size, spec.size) * 2 - 1
+    example = level_example(video, "tiny", 2, crop_start=crop_start)
+    target, condition = example["target"], example["condition"]
+    K = spec.context
+    assert target.shape == (3, 8, 32, 32)
+    assert condition.shape == (3, 8 // 2 + 2 * K, 16, 16)
+    assert example["crop_start"] == crop_start
+    assert torch.equal(target, video[:, crop_start:crop_start + 8])
+    # Condition frame K is the downsampled first target frame ...
+    assert torch.allclose(condition[:, K:K + 4], down(target, 2, 2))
+    # ... and the context frames are the real neighbours (or the replicated edge).
+    full = down(video, 2, 2)
+    before = max(crop_start // 2 - 1, 0)
+    assert torch.allclose(condition[:, K - 1], full[:, before])
+
+
+def test_level_example_spatial_crop_matches_condition():
+    video = torch.rand(3, 16, 32, 32)
+    rng = np.random.default_rng(0)
+    example = level_example(video, "tiny", 2, crop_size=16, rng=rng)
+    assert example["target"].shape == (3, 8, 16, 16)
+    assert example["condition"].shape == (3, 8, 8, 8)
+    assert torch.allclose(example["condition"][:, 2:6], down(example["target"], 2, 2))
+    assert level_example(video[:, :8, :16, :16], "tiny", 1)["target"].shape == (3, 8, 16, 16)
+
+
+def test_level_example_rejects_bad_crops():
+    video = torch.rand(3, 16, 32, 32)
+    with pytest.raises(UserError, match="crop_frames=7"):
+        level_example(video, "tiny", 2, crop_frames=7)
+    with pytest.raises(UserError, match="crop_frames=32"):
+        level_example(video, "tiny", 2, crop_frames=32)
+    with pytest.raises(UserError, match="context=9"):
+        level_example(video, "tiny", 2, context=9)
+    with pytest.raises(UserError, match="crop_size=15"):
+        level_example(video, "tiny", 2, crop_size=15)
+
+
+# ---------------------------------------------------------------- synthetic data
+
+def test_synthetic_is_deterministic_and_varied():
+    ds = make_dataset("synthetic", None, "tiny", 1, seed=0)
+    video, label = ds[3]
+    assert video.shape == (3, 8, 16, 16) and video.dtype == torch.float32
+    assert -1 <= video.min() and video.max() <= 1
+    assert torch.equal(video, make_dataset("synthetic", None, "tiny", 1, seed=0)[3][0])
+    assert not torch.allclose(video, make_dataset("synthetic", None, "tiny", 1, seed=1)[3][0])
+    assert not torch.allclose(video, ds[4][0])
+    assert 0 <= label < ds.num_classes == 3
+    assert len({ds[i][1] for i in range(30)}) == 3  # every class occurs
+
+
+def test_synthetic_objects_move():
+    video, _ = make_dataset("synthetic", None, "tiny", 1)[0]
+    step = (video[:, 1:] - video[:, :-1]).abs().mean(dim=(0, 2, 3))  # per frame pair
+    assert (step > 0.005).all()
+
+
+@pytest.mark.parametrize("preset", ["tiny", "ucf101"])
+def test_synthetic_pyramid_is_consistent(preset):
+    # down(level-l render) must equal the level-(l-1) render: the same scene at a lower
+    # frame rate and resolution. Rendering samples one grid for all levels, so the
+    # tolerance is float rounding; we state mean |diff| < 1e-4 and max < 1e-3.
+    specs = PRESETS[preset]
+    for index in range(3):
+        videos = [make_dataset("synthetic", None, preset, s.level)[index][0] for s in specs]
+        for spec, coarse, fine in zip(specs[1:], videos, videos[1:]):
+            diff = (down(fine, spec.time_factor, spec.space_factor) - coarse).abs()
+            assert diff.mean() < 1e-4 and diff.max() < 1e-3
+
+
+def test_synthetic_renders_fast():
+    small = make_dataset("synthetic", None, "tiny", 1)
+    large = make_dataset("synthetic", None, "tiny", 3)
+    small[0], large[0]  # warm-up
+    start = time.perf_counter()
+    for i in range(10):
+        small[i]
+    per_small = (time.perf_counter() - start) / 10
+    start = time.perf_counter()
+    for i in range(5):
+        large[i]
+    per_large = (time.perf_counter() - start) / 5
+    # Generous bounds (shared CI cores); typically ~2 ms and ~6 ms.
+    assert per_small < 0.02 and per_large < 0.1
+
+
+# ---------------------------------------------------------------- loaders
+
+def _batches(loader, n):
+    return [next(loader) for _ in range(n)]
+
+
+def test_loader_is_reproducible_and_resumable():
+    base = make_dataset("synthetic", None, "tiny", 2)
+    dataset = LevelDataset(base, "tiny", 2, seed=5)
+    first = _batches(make_loader(dataset, 3), 3)
+    again = _batches(make_loader(LevelDataset(base, "tiny", 2, seed=5), 3, num_workers=2), 3)
+    for a, b in zip(first, again):
+        assert set(a) == {"target", "condition", "crop_start", "label"}
+        assert a["target"].shape == (3, 3, 8, 32, 32) and a["condition"].shape == (3, 3, 8, 16, 16)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    resumed = next(make_loader(dataset, 3, start_batch=2))
+    assert torch.equal(resumed["target"], first[2]["target"])
+    other_seed = next(make_loader(LevelDataset(base, "tiny", 2, seed=6), 3))
+    assert not torch.equal(other_seed["crop_start"], first[0]["crop_start"]) or \
+        not torch.equal(other_seed["target"], first[0]["target"])
+
+
+def test_loader_ranks_split_positions():
+    dataset = LevelDataset(make_dataset("synthetic", None, "tiny", 1), "tiny", 1, seed=0)
+    whole = next(make_loader(dataset, 4))["target"]
+    rank0 = next(make_loader(dataset, 2, rank=0, world_size=2))["target"]
+    rank1 = next(make_loader(dataset, 2, rank=1, world_size=2))["target"]
+    assert torch.equal(torch.cat([rank0, rank1]), whole)
+
+
+# ---------------------------------------------------------------- video files
+
+def test_write_video_mp4_and_gif(tmp_path):
+    import imageio.v2 as imageio
+
+    video = make_dataset("synthetic", None, "tiny", 1)[0][0]
+    data.write_video(tmp_path / "a" / "clip.mp4", video)
+    data.write_video(tmp_path / "clip.gif", video)
+    frames = imageio.mimread(tmp_path / "a" / "clip.mp4")
+    assert len(frames) == 8 and frames[0].shape == (64, 64, 3)  # 16 px upscaled to 64
+    assert len(imageio.mimread(tmp_path / "clip.gif")) == 8
+    with pytest.raises(UserError, match="clip.avi"):
+        data.write_video(tmp_path / "clip.avi", video)
+
+
+def test_grid_and_contact_sheet():
+    videos = torch.rand(5, 3, 4, 8, 8) * 2 - 1
+    grid = data.video_grid(videos, nrow=3, pad=1)
+    assert grid.shape == (3, 4, 2 * 9 + 1, 3 * 9 + 1)
+    assert torch.equal(grid[:, :, 1:9, 10:18], videos[1])
+    sheet = data.contact_sheet([videos[0], torch.rand(3, 2, 16, 16)], size=16)
+    assert sheet.dtype == np.uint8 and sheet.shape[0] == 2 * (16 + 2) and sheet.shape[2] == 3
+    assert (data.to_uint8(torch.full((3, 1, 2, 2), -1.0)) == 0).all()
+    assert (data.to_uint8(torch.ones(3, 1, 2, 2)) == 255).all()
