@@ -29,6 +29,7 @@ from discriminators import (  # noqa: E402
     matching_input,
     orthogonal_init,
     spectral_norm,
+    to_channels_last,
 )
 
 
@@ -390,3 +391,26 @@ def test_whole_discriminator_deepcopy_and_state_dict_round_trip():
     fresh = TemporalDiscriminator(ch=8, resolution=16).eval()
     fresh.load_state_dict(D.state_dict())
     assert torch.equal(fresh(video), expected)
+
+
+def test_a_discriminator_step_scores_real_and_fake_then_backpropagates_once():
+    # As in training: two training-mode forwards (each moves u, v in place), one backward.
+    torch.manual_seed(18)
+    D = SpatialDiscriminator(ch=8, resolution=16, k_frames=4)
+    real, fake = torch.randn(2, 3, 4, 16, 16), torch.randn(2, 3, 4, 16, 16)
+    loss = hinge_d_loss(D(real), D(fake))
+    loss.backward()
+    assert all(p.grad is not None for p in D.parameters())
+
+
+def test_channels_last_weights_give_the_same_scores():
+    torch.manual_seed(19)
+    D = MatchingDiscriminator(ch=8, resolution=16).eval()
+    video, condition = torch.randn(2, 3, 4, 16, 16), torch.randn(2, 3, 2, 8, 8)
+    expected = D(condition, video)
+    to_channels_last(D)
+    conv3d = D.blocks_3d[0].conv1.weight  # (out, in, 3, 3, 3)
+    conv2d = D.blocks_2d[0].conv1.weight  # (out, in, 3, 3)
+    assert conv3d.is_contiguous(memory_format=torch.channels_last_3d)
+    assert conv2d.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(D(condition, video), expected, atol=1e-4)
