@@ -195,3 +195,176 @@ def test_grid_and_contact_sheet():
     assert sheet.dtype == np.uint8 and sheet.shape[0] == 2 * (16 + 2) and sheet.shape[2] == 3
     assert (data.to_uint8(torch.full((3, 1, 2, 2), -1.0)) == 0).all()
     assert (data.to_uint8(torch.ones(3, 1, 2, 2)) == 255).all()
+
+
+# ---------------------------------------------------------------- real video files
+# The tests write their own small videos: frame i of every test video is a flat grey
+# of brightness 3 * i, so the frame stride can be read back from the pixels.
+
+def write_test_video(path, num_frames, size=(24, 40), channels=3, fps=10):
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = size if channels == 1 else (*size, channels)
+    frames = [np.full(shape, 3 * i, np.uint8) for i in range(num_frames)]
+    if path.suffix == ".gif":
+        imageio.mimsave(path, frames, duration=1000 / fps, loop=0)
+        return
+    codec = "mjpeg" if path.suffix == ".avi" else "libx264"
+    with imageio.get_writer(path, fps=fps, codec=codec, macro_block_size=8,
+                            ffmpeg_log_level="error") as writer:
+        for frame in frames:
+            writer.append_data(frame)
+
+
+def brightness(video):
+    """Mean of each frame of a (3, T, H, W) video in [0, 255]: (T,)."""
+    return ((video + 1) * 127.5).mean(dim=(0, 2, 3))
+
+
+@pytest.fixture
+def nested_videos(tmp_path):
+    """train/<class>/<id>: three good videos (mp4, avi, gray gif), a corrupt file and
+    one too short for tiny's 32-frame finest clip."""
+    root = tmp_path / "kinetics"
+    write_test_video(root / "train" / "archery" / "a.mp4", 40)
+    write_test_video(root / "train" / "bowling" / "b.avi", 40)
+    write_test_video(root / "train" / "bowling" / "c.gif", 40, channels=1)
+    write_test_video(root / "train" / "bowling" / "short.mp4", 10)
+    (root / "train" / "archery" / "broken.mp4").write_bytes(b"not a video" * 20)
+    return root
+
+
+def test_nested_videos_labels_skips_and_stride(nested_videos):
+    with pytest.warns(UserWarning, match=r"skipped 2 of 5 videos under .*train: "
+                                         r"(1 could not be decoded, 1 shorter than 32 frames|"
+                                         r"1 shorter than 32 frames, 1 could not be decoded)"):
+        dataset = make_dataset("kinetics600", nested_videos, "tiny", 1, frame_stride=1)
+    assert len(dataset) == 3 and dataset.class_names == ["archery", "bowling"]
+    assert dataset.num_classes == 2
+    assert sorted(dataset.labels) == [0, 1, 1]
+    for i in range(3):
+        video, label = dataset[i]
+        assert video.shape == (3, 8, 16, 16) and label == dataset.labels[i]
+        # Level 1 keeps every 4th finest frame at stride 1: brightness steps of 4 * 3.
+        steps = brightness(video).diff()
+        assert torch.allclose(steps, torch.full_like(steps, 12.0), atol=2.5), steps
+        assert torch.allclose(video[0], video[1], atol=0.02)  # gray -> equal RGB channels
+
+
+def test_real_pyramid_matches_down(nested_videos):
+    # Random crops and flips too: each level draws them from the same rng.
+    options = dict(frame_stride=1, random_crop=True, hflip=True)
+    with pytest.warns(UserWarning):
+        level1 = make_dataset("kinetics600", nested_videos, "tiny", 1, **options)
+    with pytest.warns(UserWarning):
+        level3 = make_dataset("kinetics600", nested_videos, "tiny", 3, **options)
+    rng = np.random.default_rng
+    for i in range(len(level1)):
+        fine, _ = level3.load(i, rng([0, i]))
+        coarse, _ = level1.load(i, rng([0, i]))
+        assert fine.shape == (3, 32, 64, 64)
+        # Level 1 is made from uint8 frames, so it matches down() to 1/255 rounding.
+        assert (down(fine, 4, 4) - coarse).abs().max() < 0.01
+
+
+def test_flat_layout_is_unlabelled_and_uses_the_dataset_stride(tmp_path):
+    for name in ("x.mp4", "y.mov", "z.mkv"):
+        write_test_video(tmp_path / "train" / name, 70, size=(20, 12))
+    dataset = make_dataset("kinetics600", tmp_path, "tiny", 2)  # default stride 2
+    assert dataset.labels == [-1, -1, -1] and dataset.num_classes == 0
+    video, label = dataset[0]
+    assert video.shape == (3, 16, 32, 32) and label == -1  # 20x12 upscaled
+    steps = brightness(video).diff()  # every 2nd finest frame, stride 2: 4 * 3
+    assert torch.allclose(steps, torch.full_like(steps, 12.0), atol=2.5), steps
+
+
+@pytest.mark.parametrize("case", ["none", "missing", "file", "empty", "no videos"])
+def test_kinetics_without_videos_is_a_user_error(tmp_path, case):
+    root = {"none": None, "missing": tmp_path / "nope", "file": tmp_path / "f.txt",
+            "empty": tmp_path / "empty", "no videos": tmp_path / "docs"}[case]
+    (tmp_path / "f.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "readme.txt").write_text("x")
+    with pytest.raises(UserError) as error:
+        make_dataset("kinetics600", root, "kinetics600", 1)
+    message = str(error.value)
+    assert "--data-root" in message or "no video files" in message
+    if root is not None:
+        assert str(root) in message
+    assert "synthetic" in message or "Kinetics-600" in message
+
+
+def test_no_usable_video_is_a_user_error(tmp_path):
+    write_test_video(tmp_path / "a.mp4", 5)
+    (tmp_path / "b.webm").write_bytes(b"junk")
+    with pytest.raises(UserError, match=r"found 2 videos .* none is usable"):
+        make_dataset("folder", tmp_path, "tiny", 1)
+
+
+def test_file_failing_at_load_time_is_replaced(tmp_path):
+    for name in ("a.mp4", "b.mp4"):
+        write_test_video(tmp_path / name, 36)
+    dataset = make_dataset("folder", tmp_path, "tiny", 1)
+    (tmp_path / "a.mp4").write_bytes(b"broken after indexing")
+    with pytest.warns(UserWarning, match="a.mp4"):
+        video, _ = dataset.load(0, np.random.default_rng(1))
+    assert video.shape == (3, 8, 16, 16) and dataset.load_failures >= 1
+
+
+# ---------------------------------------------------------------- cache and commands
+
+def test_cache_round_trip_and_errors(tmp_path, nested_videos):
+    out = tmp_path / "cache"
+    with pytest.warns(UserWarning):
+        data.prepare_cache("kinetics600", nested_videos, out, "tiny", frame_stride=1, workers=2)
+    with pytest.warns(UserWarning):
+        source = make_dataset("kinetics600", nested_videos, "tiny", 3, frame_stride=1)
+    for level in (1, 2, 3):
+        cached = make_dataset("cache", out, "tiny", level)
+        assert len(cached) == 3 and cached.class_names == ["archery", "bowling"]
+        video, label = cached[0]
+        assert video.shape == (3, *[(s.frames, s.size, s.size) for s in PRESETS["tiny"]][level - 1])
+        assert label == source.labels[0]
+    # The cached clip is the source clip (centred start: (40 - 32) / 2 = 4).
+    clip = source.clip(0, None, start=4)
+    assert np.array_equal(np.load(out / "shard_00000.npy", mmap_mode="r")[0], clip)
+
+    with pytest.raises(UserError, match="preset"):
+        make_dataset("cache", out, "ucf101", 1)
+    shard = out / "shard_00000.npy"
+    shard.write_bytes(shard.read_bytes()[:-1000])
+    with pytest.raises(UserError, match="truncated"):
+        make_dataset("cache", out, "tiny", 1)
+    with pytest.raises(UserError, match="index.json"):
+        make_dataset("cache", tmp_path, "tiny", 1)
+
+
+def test_finite_dataset_positions_cover_each_epoch(tmp_path, nested_videos):
+    out = tmp_path / "cache"
+    with pytest.warns(UserWarning):
+        data.prepare_cache("kinetics600", nested_videos, out, "tiny", frame_stride=1)
+    dataset = LevelDataset(make_dataset("cache", out, "tiny", 1), "tiny", 1, seed=3)
+    epoch0 = [dataset.base_index(p) for p in range(3)]
+    epoch1 = [dataset.base_index(p) for p in range(3, 6)]
+    assert sorted(epoch0) == sorted(epoch1) == [0, 1, 2]
+    batches = _batches(make_loader(dataset, 2, num_workers=2), 3)
+    resumed = next(make_loader(dataset, 2, start_batch=2))
+    assert torch.equal(resumed["target"], batches[2]["target"])
+
+
+def test_preview_writes_clips_and_contact_sheet(tmp_path):
+    data.main(["preview", "--data", "synthetic", "--preset", "tiny", "--num", "2",
+               "--out", str(tmp_path / "preview")])
+    for level in (1, 2, 3):
+        for i in range(2):
+            assert (tmp_path / "preview" / f"level{level}" / f"{i}.mp4").stat().st_size > 0
+    assert (tmp_path / "preview" / "contact_sheet.png").stat().st_size > 0
+
+
+def test_command_line_errors_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        data.main(["preview", "--data", "kinetics600", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: no --data-root given")
