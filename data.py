@@ -346,7 +346,7 @@ class SyntheticVideos(Dataset):
             if obj["kind"] == "disk":
                 inside = dx ** 2 + dy ** 2 <= r ** 2                     # (T, n, n)
                 eye = (dx - obj["eye"][0]) ** 2 + (dy - obj["eye"][1]) ** 2 <= (0.3 * r) ** 2
-                value = np.where(eye[None], -colour, colour)           # a small dark part
+                value = np.where(eye[None], -colour, colour)  # a small part, opposite colour
             else:
                 inside = (np.abs(dx) <= r) & (np.abs(dy) <= r)          # (T, n, n)
                 along = dx if obj["stripe_axis"] == 0 else dy
@@ -899,6 +899,8 @@ def prepare_cache(data, data_root, out, preset, frame_stride=None, clips_per_vid
     finest = num_levels(preset)
     if data in ("synthetic", "cache"):
         raise UserError(f"prepare reads video files; --data {data} needs no cache")
+    if clips_per_video < 1:
+        raise UserError(f"--clips-per-video must be >= 1, not {clips_per_video}")
     dataset = make_dataset(data, data_root, preset, finest, seed=seed, frame_stride=frame_stride,
                            random_crop=random_crop)
     out.mkdir(parents=True, exist_ok=True)
@@ -928,16 +930,21 @@ def prepare_cache(data, data_root, out, preset, frame_stride=None, clips_per_vid
         shards.append({"file": name, "clips": len(pending)})
         pending.clear()
 
+    progress = tqdm(total=len(jobs), desc="decoding clips", file=sys.stderr)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for clip, label in tqdm(pool.map(decode, jobs), total=len(jobs), desc="decoding clips",
-                                file=sys.stderr):
-            if clip is None:
-                failed += 1
-                continue
-            pending.append(clip)
-            labels.append(label)
-            if len(pending) == per_shard:
-                flush()
+        # Chunks of jobs, so decoded clips never pile up in memory ahead of the writer.
+        chunk = 4 * workers
+        for begin in range(0, len(jobs), chunk):
+            for clip, label in pool.map(decode, jobs[begin:begin + chunk]):
+                progress.update()
+                if clip is None:
+                    failed += 1
+                    continue
+                pending.append(clip)
+                labels.append(label)
+                if len(pending) == per_shard:
+                    flush()
+    progress.close()
     if pending:
         flush()
     if not labels:

@@ -334,6 +334,11 @@ def test_cache_round_trip_and_errors(tmp_path, nested_videos):
     with pytest.raises(UserError, match="preset"):
         make_dataset("cache", out, "ucf101", 1)
     shard = out / "shard_00000.npy"
+    good = shard.read_bytes()
+    np.save(shard, np.zeros((3, 16, 32, 32, 3), np.uint8))  # a shard of another shape
+    with pytest.raises(UserError, match="another preset"):
+        make_dataset("cache", out, "tiny", 1)
+    shard.write_bytes(good)
     shard.write_bytes(shard.read_bytes()[:-1000])
     with pytest.raises(UserError, match="truncated"):
         make_dataset("cache", out, "tiny", 1)
@@ -343,8 +348,9 @@ def test_cache_round_trip_and_errors(tmp_path, nested_videos):
 
 def test_finite_dataset_positions_cover_each_epoch(tmp_path, nested_videos):
     out = tmp_path / "cache"
-    with pytest.warns(UserWarning):
-        data.prepare_cache("kinetics600", nested_videos, out, "tiny", frame_stride=1)
+    with pytest.warns(UserWarning):  # the command line, as a user runs it
+        data.main(["prepare", "--data", "kinetics600", "--data-root", str(nested_videos),
+                   "--out", str(out), "--preset", "tiny", "--frame-stride", "1"])
     dataset = LevelDataset(make_dataset("cache", out, "tiny", 1), "tiny", 1, seed=3)
     epoch0 = [dataset.base_index(p) for p in range(3)]
     epoch1 = [dataset.base_index(p) for p in range(3, 6)]
@@ -361,6 +367,13 @@ def test_preview_writes_clips_and_contact_sheet(tmp_path):
         for i in range(2):
             assert (tmp_path / "preview" / f"level{level}" / f"{i}.mp4").stat().st_size > 0
     assert (tmp_path / "preview" / "contact_sheet.png").stat().st_size > 0
+
+
+def test_preview_of_real_videos(tmp_path):
+    write_test_video(tmp_path / "videos" / "a.avi", 36)
+    data.main(["preview", "--data", "folder", "--data-root", str(tmp_path / "videos"),
+               "--preset", "tiny", "--num", "1", "--out", str(tmp_path / "preview")])
+    assert len(list((tmp_path / "preview").rglob("*.mp4"))) == 3
 
 
 def test_command_line_errors_exit_2(tmp_path, capsys):
