@@ -1,0 +1,408 @@
+"""Level 1 of HVG: a DVD-GAN-style generator of short, low-resolution video outlines.
+
+The first level of the hierarchy generates the whole video from noise, but small:
+few frames, low frame rate, low resolution (the `tiny` preset: 8 frames of 16x16;
+Kinetics-600: 12 frames of 64x64). Later levels (`upsample_level.py`) add frames
+and pixels. This file holds the level's generator and its complete training loop.
+
+    z ~ N(0, I)  (B, z_dim)                              (+ class label, optional)
+      -> linear -> 4x4 feature map                        (B, C, 4, 4)
+      -> [ConvGRU over T frames -> residual up-block] x n (B, T, C', 2H, 2W) ...
+      -> BN, ReLU, conv, tanh                             (B, 3, T, H, W) in [-1, 1]
+
+Because frames come out of a recurrent network, the generator can be unrolled for
+more frames than it was trained on: `generator(z, frames=4 * T)`.
+
+Train it (defaults: synthetic data, tiny preset, CPU or GPU picked automatically):
+
+    python level1.py                                   # -> runs/tiny/level1/
+    python level1.py --data kinetics600 --data-root /data/kinetics600/train --preset kinetics600
+    torchrun --nproc_per_node=8 level1.py --preset kinetics600 ...
+
+It writes runs/<preset>/level1/ckpt.pt (resumed automatically), log.jsonl and
+samples/step_XXXXXX.{mp4,gif} from the EMA generator.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from data import LevelDataset, level_spec, make_dataset, make_loader, video_grid
+from discriminators import (SpatialDiscriminator, TemporalDiscriminator, hinge_d_loss,
+                            hinge_g_loss, orthogonal_init, sn_conv2d, sn_linear)
+from training import (append_jsonl, autocast, check_architecture, check_finite,
+                      checkpoint_state, cleanup_distributed, load_checkpoint, make_grad_scaler, option, parse_config, per_rank_batch,
+                      prepare_out_dir, resolve_amp, restore_checkpoint, run_main, save_checkpoint,
+                      seed_everything, setup_distributed, step_seed, unwrap, update_ema,
+                      write_samples)
+
+
+# ----------------------------------------------------------------------------------
+# Configuration (the command line is generated from this dataclass).
+# ----------------------------------------------------------------------------------
+
+@dataclass
+class Level1Config:
+    # Data.
+    data: str = option("synthetic", "dataset: synthetic, kinetics600, bdd100k, ucf101, folder or cache")
+    data_root: str | None = option(None, "folder of the dataset's videos (or of a `data.py prepare` cache)")
+    preset: str = option("tiny", "shape table of the hierarchy (see data.PRESETS)")
+    num_workers: int = option(0, "DataLoader worker processes (0: load in the training process)")
+    # Run.
+    out: str | None = option(None, "run folder (default: runs/<preset>/level1)")
+    steps: int = option(1200, "generator steps to train for (the run stops at this step)")
+    batch_size: int = option(16, "global batch size (split across torchrun processes)")
+    device: str = option("auto", "auto, cpu or cuda")
+    seed: int = option(0, "seed of data order, initialisation and noise")
+    log_every: int = option(20, "steps between log.jsonl lines")
+    sample_every: int = option(300, "steps between sample videos (0: only at the end)")
+    ckpt_every: int = option(300, "steps between checkpoints (always one at the end)")
+    resume: bool = option(True, "resume from <out>/ckpt.pt when it exists")
+    amp: str = option("auto", "mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16, off",
+                      choices=["auto", "bf16", "fp16", "off"])
+    compile: bool = option(False, "torch.compile the generator and discriminators")
+    num_samples: int = option(16, "videos in each sample grid")
+    eval_every: int = option(0, "steps between FVD evaluations (needs --i3d; 0: off)")
+    i3d: str | None = option(None, "I3D weights for FVD (see metrics.py)")
+    eval_videos: int = option(256, "videos per FVD evaluation during training")
+    # Model.
+    class_conditional: bool = option(False, "condition G and D on the dataset's class labels")
+    z_dim: int = option(120, "latent size (DVD-GAN: 120)")
+    g_ch: int = option(32, "generator base width (channels at the output resolution)")
+    d_ch: int = option(32, "discriminator base width")
+    k_frames: int = option(8, "frames the spatial discriminator scores per clip (DVD-GAN: 8)")
+    # Optimisation (DVD-GAN / BigGAN settings; see README for the large presets).
+    g_lr: float = option(2e-4, "generator Adam learning rate")
+    d_lr: float = option(4e-4, "discriminator Adam learning rate")
+    beta1: float = option(0.0, "Adam beta1 (BigGAN: 0)")
+    beta2: float = option(0.999, "Adam beta2")
+    d_steps: int = option(2, "discriminator steps per generator step (DVD-GAN: 2)")
+    ema_decay: float = option(0.995, "EMA decay of G's weights (DVD-GAN: 0.9999 on long runs)")
+    ema_start: int = option(100, "steps before the EMA starts averaging (it copies G until then)")
+    spatial_weight: float = option(1.0, "weight of the spatial discriminator's loss")
+    temporal_weight: float = option(1.0, "weight of the temporal discriminator's loss")
+
+
+# These fields decide the shapes of the weights: resuming with others is an error.
+ARCHITECTURE_FIELDS = ("preset", "class_conditional", "z_dim", "g_ch", "d_ch")
+
+
+# ----------------------------------------------------------------------------------
+# Generator building blocks.
+# ----------------------------------------------------------------------------------
+
+class ConditionalBatchNorm(nn.Module):
+    """Batch norm whose scale and shift are predicted from the latent (and class).
+
+        y = (1 + gamma(c)) * (x - mean) / sqrt(var + eps) + beta(c)
+
+    c is the conditioning vector [z, embed(label)]; gamma and beta are linear maps
+    of it (BigGAN). Every frame of a video gets the same gamma/beta: the latent
+    describes the whole clip.
+    """
+
+    def __init__(self, channels: int, cond_dim: int):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        self.gamma = sn_linear(cond_dim, channels, bias=False)
+        self.beta = sn_linear(cond_dim, channels, bias=False)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        # x: (N, C, H, W) with N = B*T; cond: (N, cond_dim)
+        gamma = self.gamma(cond)[:, :, None, None]   # (N, C, 1, 1)
+        beta = self.beta(cond)[:, :, None, None]
+        return (1 + gamma) * self.norm(x) + beta
+
+
+class UpBlock(nn.Module):
+    """BigGAN residual up-block, applied to each frame (time folded into the batch).
+
+        h = conv(relu(cbn(up(relu(cbn(x))))))  ... written out:
+        h = relu(cbn1(x)); h = upsample2x(h); h = conv1(h)
+        h = relu(cbn2(h)); h = conv2(h)
+        out = h + conv_1x1(upsample2x(x))
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, cond_dim: int):
+        super().__init__()
+        self.bn1 = ConditionalBatchNorm(in_ch, cond_dim)
+        self.conv1 = sn_conv2d(in_ch, out_ch, 3, padding=1)
+        self.bn2 = ConditionalBatchNorm(out_ch, cond_dim)
+        self.conv2 = sn_conv2d(out_ch, out_ch, 3, padding=1)
+        self.shortcut = sn_conv2d(in_ch, out_ch, 1)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.bn1(x, cond))
+        h = self.conv1(F.interpolate(h, scale_factor=2, mode="nearest"))
+        h = self.conv2(F.relu(self.bn2(h, cond)))
+        return h + self.shortcut(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class ConvGRU(nn.Module):
+    """A convolutional GRU, unrolled once per frame: the source of motion.
+
+    For each frame t, with input x_t and state h_{t-1} (both (B, C, H, W)):
+        r_t = sigmoid(W_r * [x_t, h_{t-1}])            reset gate
+        u_t = sigmoid(W_u * [x_t, h_{t-1}])            update gate
+        c_t = tanh(W_c * [x_t, r_t . h_{t-1}])         candidate state
+        h_t = u_t . h_{t-1} + (1 - u_t) . c_t          (. is elementwise, * is conv)
+    The output for frame t is h_t. h_0 = 0. tanh (not DVD-GAN's ReLU) keeps the
+    state bounded, which keeps long unrolls (4x the training length) stable.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.gates = sn_conv2d(2 * channels, 2 * channels, 3, padding=1)   # r and u at once
+        self.candidate = sn_conv2d(2 * channels, channels, 3, padding=1)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        # inputs: (B, T, C, H, W) -> outputs (B, T, C, H, W)
+        h = torch.zeros_like(inputs[:, 0])
+        outputs = []
+        for t in range(inputs.shape[1]):
+            x = inputs[:, t]
+            r, u = torch.sigmoid(self.gates(torch.cat([x, h], dim=1))).chunk(2, dim=1)
+            c = torch.tanh(self.candidate(torch.cat([x, r * h], dim=1)))
+            h = u * h + (1 - u) * c
+            outputs.append(h)
+        return torch.stack(outputs, dim=1)
+
+
+class Level1Generator(nn.Module):
+    """z (and label) -> video (B, 3, T, H, W) in [-1, 1].
+
+    Layout for an output of size S: log2(S / 4) groups, each a ConvGRU over the
+    frames at the current resolution followed by a residual block that doubles it.
+    Widths halve as the resolution doubles, from g_ch * min(8, 2**groups) at 4x4
+    down to g_ch at S x S (tiny, S=16: 128 -> 64 -> 32 with g_ch=32).
+    """
+
+    def __init__(self, frames: int, size: int, z_dim: int = 120, ch: int = 32,
+                 num_classes: int = 0):
+        super().__init__()
+        self.frames, self.size, self.z_dim, self.num_classes = frames, size, z_dim, num_classes
+        groups = int(round(torch.log2(torch.tensor(size / 4)).item()))
+        if 4 * 2**groups != size:
+            raise ValueError(f"level-1 size must be 4 * 2**n, got {size}")
+        widths = [ch * min(8, 2 ** (groups - i)) for i in range(groups + 1)]
+        # Class conditioning: a learned embedding joins z in the conditioning vector.
+        self.embed = nn.Embedding(num_classes, z_dim) if num_classes else None
+        cond_dim = 2 * z_dim if num_classes else z_dim
+        self.widths = widths
+        self.to_map = sn_linear(z_dim, widths[0] * 4 * 4)
+        self.rnns = nn.ModuleList(ConvGRU(widths[i]) for i in range(groups))
+        self.blocks = nn.ModuleList(UpBlock(widths[i], widths[i + 1], cond_dim) for i in range(groups))
+        self.out_bn = nn.BatchNorm2d(widths[-1])
+        self.to_rgb = sn_conv2d(widths[-1], 3, 3, padding=1)
+        orthogonal_init(self)
+
+    def sample_latent(self, n: int, truncation: float | None = None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """z ~ N(0, I), or the truncated normal (resample |z| > truncation: BigGAN)."""
+        z = torch.randn(n, self.z_dim, generator=generator)
+        if truncation is not None:
+            while (bad := z.abs() > truncation).any():
+                z[bad] = torch.randn(int(bad.sum()), generator=generator)
+        return z.to(next(self.parameters()).device)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None,
+                frames: int | None = None) -> torch.Tensor:
+        frames = frames or self.frames          # unroll longer than trained: frames > T
+        batch = z.shape[0]
+        cond = torch.cat([z, self.embed(labels)], dim=1) if self.embed is not None else z
+        cond = cond.repeat_interleave(frames, dim=0)            # (B, D) -> (B*T, D)
+        # The 4x4 map from z is the ConvGRU's input at every frame (DVD-GAN).
+        x = self.to_map(z).view(batch, 1, self.widths[0], 4, 4)
+        x = x.expand(batch, frames, self.widths[0], 4, 4)        # (B, T, C, 4, 4)
+        for rnn, block in zip(self.rnns, self.blocks):
+            x = rnn(x)                                           # (B, T, C, H, W)
+            x = block(x.flatten(0, 1), cond)                     # (B*T, C', 2H, 2W)
+            x = x.unflatten(0, (batch, frames))                  # (B, T, C', 2H, 2W)
+        x = x.flatten(0, 1)                                      # (B*T, C, S, S)
+        x = torch.tanh(self.to_rgb(F.relu(self.out_bn(x))))      # (B*T, 3, S, S)
+        return x.unflatten(0, (batch, frames)).transpose(1, 2)   # (B, 3, T, S, S)
+
+
+def build_generator(config: dict, num_classes: int) -> Level1Generator:
+    """Rebuild the generator from a checkpoint's config (used by sample.py)."""
+    spec = level_spec(config["preset"], 1)
+    return Level1Generator(spec.frames, spec.size, config["z_dim"], config["g_ch"],
+                           num_classes if config["class_conditional"] else 0)
+
+
+# ----------------------------------------------------------------------------------
+# Training.
+# ----------------------------------------------------------------------------------
+
+def main(argv=None) -> None:
+    cfg = parse_config(Level1Config, argv, __doc__)
+    dist = setup_distributed(cfg.device)
+    device = dist.device
+    spec = level_spec(cfg.preset, 1)
+    out = Path(cfg.out or f"runs/{cfg.preset}/level1")
+    ckpt_path = out / "ckpt.pt"
+    local_batch = per_rank_batch(cfg.batch_size, dist.world_size)
+    amp_dtype = resolve_amp(cfg.amp, device)
+    seed_everything(cfg.seed, dist.rank)
+    if dist.is_main:
+        prepare_out_dir(out)
+
+    # Data: real clips at level 1's shape, (B, 3, T_1, H_1, W_1) in [-1, 1].
+    base = make_dataset(cfg.data, cfg.data_root, cfg.preset, 1, seed=cfg.seed)
+    dataset = LevelDataset(base, cfg.preset, 1, seed=cfg.seed)
+    num_classes = base.num_classes if cfg.class_conditional else 0
+
+    # Models: G, its EMA copy (used for every sample), and the two discriminators.
+    torch.manual_seed(cfg.seed)                     # identical initial weights on every rank
+    generator = Level1Generator(spec.frames, spec.size, cfg.z_dim, cfg.g_ch, num_classes).to(device)
+    spatial_d = SpatialDiscriminator(3, cfg.d_ch, spec.size, cfg.k_frames, num_classes).to(device)
+    temporal_d = TemporalDiscriminator(3, cfg.d_ch, spec.size, num_classes).to(device)
+    ema_generator = copy.deepcopy(generator).eval().requires_grad_(False)
+    d_params = list(spatial_d.parameters()) + list(temporal_d.parameters())
+    # Adam with BigGAN's betas (0, 0.999): no momentum, which GANs tolerate better.
+    g_opt = torch.optim.Adam(generator.parameters(), lr=cfg.g_lr, betas=(cfg.beta1, cfg.beta2))
+    d_opt = torch.optim.Adam(d_params, lr=cfg.d_lr, betas=(cfg.beta1, cfg.beta2))
+    g_scaler, d_scaler = make_grad_scaler(device, amp_dtype), make_grad_scaler(device, amp_dtype)
+
+    models = {"generator": generator, "ema_generator": ema_generator,
+              "spatial": spatial_d, "temporal": temporal_d}
+    optimizers = {"generator": g_opt, "discriminator": d_opt}
+    step = 0
+    if cfg.resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path, level=1, preset=cfg.preset)
+        check_architecture(ckpt["config"], cfg, ARCHITECTURE_FIELDS, ckpt_path)
+        step = restore_checkpoint(ckpt, models, optimizers, ckpt_path)
+        if dist.is_main:
+            print(f"resumed from {ckpt_path} at step {step}")
+
+    # Several GPUs: synchronised batch norm in G, gradients averaged by DDP.
+    if dist.world_size > 1:
+        if device.type == "cuda":   # SyncBatchNorm needs GPUs; on CPU (gloo) each rank normalises alone
+            generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
+        ddp = lambda m: nn.parallel.DistributedDataParallel(m, device_ids=[device] if device.type == "cuda" else None)
+        generator, spatial_d, temporal_d = ddp(generator), ddp(spatial_d), ddp(temporal_d)
+        models.update(generator=generator, spatial=spatial_d, temporal=temporal_d)
+    if cfg.compile:
+        generator, spatial_d, temporal_d = (torch.compile(m) for m in (generator, spatial_d, temporal_d))
+
+    # Every step uses d_steps real batches; batch n is a pure function of (seed, n).
+    batches = make_loader(dataset, local_batch, start_batch=step * cfg.d_steps,
+                          num_workers=cfg.num_workers, rank=dist.rank, world_size=dist.world_size)
+    # Fixed noise for the sample grids, so successive grids show the same videos.
+    sample_gen = torch.Generator().manual_seed(cfg.seed)
+    sample_z = unwrap(generator).sample_latent(cfg.num_samples, generator=sample_gen)
+    sample_labels = (torch.randint(num_classes, (cfg.num_samples,), generator=sample_gen).to(device)
+                     if num_classes else None)
+    evaluator = None
+    if cfg.eval_every and dist.is_main:
+        from metrics import FVDEvaluator   # only needed (and I3D only loaded) when asked for
+        evaluator = FVDEvaluator.for_training(cfg.i3d, base, cfg.eval_videos, device)
+
+    def new_latents():
+        z = torch.randn(local_batch, cfg.z_dim, device=device)
+        y = torch.randint(num_classes, (local_batch,), device=device) if num_classes else None
+        return z, y
+
+    def d_scores(video, labels):
+        """Weighted scores of both discriminators: [(weight, D_S(x)), (weight, D_T(x))]."""
+        return [(cfg.spatial_weight, spatial_d(video, labels)),
+                (cfg.temporal_weight, temporal_d(video, labels))]
+
+    def save(step):
+        save_checkpoint(ckpt_path, checkpoint_state(cfg, 1, step, num_classes, models, optimizers))
+
+    def write_sample_grid(step):
+        with torch.no_grad():
+            videos = ema_generator(sample_z, sample_labels).float().cpu()   # (N, 3, T, H, W)
+        write_samples(out, step, video_grid(videos), fps=4)
+
+    progress = tqdm(total=cfg.steps, initial=step, disable=not dist.is_main,
+                    desc="level 1", dynamic_ncols=True)
+    clips_seen, tick = 0, time.time()
+    try:
+        while step < cfg.steps:
+            # All randomness of a step (noise, the frames D_S samples) is a function of
+            # (seed, rank, step), so a resumed run continues exactly as a straight one.
+            torch.manual_seed(step_seed(cfg.seed, dist.rank, step))
+            # ---- Discriminator: d_steps updates on fresh real batches. ----------------
+            # L_D = sum_D w_D * ( E_x[relu(1 - D(x))] + E_z[relu(1 + D(G(z)))] )
+            for _ in range(cfg.d_steps):
+                batch = next(batches)
+                real = batch["target"].to(device, non_blocking=True)   # (B, 3, T, H, W)
+                labels = batch["label"].to(device) if num_classes else None
+                z, fake_labels = new_latents()
+                with autocast(device, amp_dtype):
+                    with torch.no_grad():
+                        fake = generator(z, fake_labels)
+                    real_scores = d_scores(real, labels)
+                    fake_scores = d_scores(fake, fake_labels)
+                    loss_d = sum(w * hinge_d_loss(r, f) for (w, r), (_, f) in zip(real_scores, fake_scores))
+                d_opt.zero_grad(set_to_none=True)
+                d_scaler.scale(loss_d).backward()
+                d_scaler.step(d_opt)
+                d_scaler.update()
+
+            # ---- Generator: one update. L_G = -sum_D w_D * E_z[D(G(z))] ---------------
+            # The discriminators are frozen (no gradients for their weights) and called
+            # unwrapped, so DDP does not average gradients nobody will use.
+            for p in d_params:
+                p.requires_grad_(False)
+            z, fake_labels = new_latents()
+            with autocast(device, amp_dtype):
+                fake = generator(z, fake_labels)
+                loss_g = (cfg.spatial_weight * hinge_g_loss(unwrap(spatial_d)(fake, fake_labels))
+                          + cfg.temporal_weight * hinge_g_loss(unwrap(temporal_d)(fake, fake_labels)))
+            g_opt.zero_grad(set_to_none=True)
+            g_scaler.scale(loss_g).backward()
+            g_scaler.step(g_opt)
+            g_scaler.update()
+            for p in d_params:
+                p.requires_grad_(True)
+            check_finite(step, ckpt_path, loss_d=loss_d, loss_g=loss_g)
+
+            # ---- EMA of G: copy during warm-up, then average. -------------------------
+            update_ema(ema_generator, unwrap(generator), cfg.ema_decay if step >= cfg.ema_start else 0.0)
+            step += 1
+            clips_seen += cfg.batch_size * (cfg.d_steps + 1)
+
+            # ---- Log, sample, evaluate, checkpoint (rank 0 only). ---------------------
+            if dist.is_main:
+                progress.update(1)
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    elapsed, tick = time.time() - tick, time.time()
+                    record = {"step": step, "loss_d": loss_d.item(), "loss_g": loss_g.item(),
+                              "clips_per_s": clips_seen / max(elapsed, 1e-9)}
+                    clips_seen = 0
+                    if evaluator is not None and step % cfg.eval_every == 0:
+                        record.update(evaluator.evaluate_generator(ema_generator, out, step, save))
+                    append_jsonl(out / "log.jsonl", record)
+                    progress.set_postfix(loss_d=f"{record['loss_d']:.3f}", loss_g=f"{record['loss_g']:.3f}",
+                                         clips_s=f"{record['clips_per_s']:.1f}")
+                if (cfg.sample_every and step % cfg.sample_every == 0) or step == cfg.steps:
+                    write_sample_grid(step)
+                if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                    save(step)
+    except KeyboardInterrupt:
+        # Ctrl-C: keep what was trained. `step` counts completed steps only.
+        if dist.is_main:
+            save(step)
+            progress.close()
+            print(f"\ninterrupted: saved {ckpt_path} at step {step}; run the same command to resume")
+        cleanup_distributed()
+        raise SystemExit(130)
+    progress.close()
+    if dist.is_main:
+        print(f"done: {ckpt_path} (step {step}), samples in {out / 'samples'}")
+    cleanup_distributed()
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,37 @@
+"""Shared test settings: small threads, small models, and a helper to run a script's
+main() in-process the way a user runs it from the shell."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+torch.set_num_threads(2)
+
+
+def run_script(main, argv):
+    """Run `main(argv)` through training.run_main: returns the exit code (0 on success)."""
+    from training import run_main
+    try:
+        run_main(main, argv)
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
+
+
+@pytest.fixture
+def small_level1_args():
+    """Flags for a level-1 run that takes about a second per step on 2 cores."""
+    return ["--g-ch", "8", "--d-ch", "8", "--z-dim", "16", "--batch-size", "4",
+            "--num-samples", "2", "--log-every", "1", "--device", "cpu"]
+
+
+@pytest.fixture
+def small_upsample_args():
+    return ["--g-ch", "8", "--d-ch", "8", "--z-dim", "16", "--batch-size", "2",
+            "--num-samples", "1", "--log-every", "1", "--device", "cpu", "--k-frames", "4"]

@@ -1,0 +1,426 @@
+"""The machinery both training scripts share: config <-> command line, devices,
+torchrun/DDP, mixed precision, EMA, atomic checkpoints, logs and sample files.
+
+HVG trains every level with the same kind of loop (see `level1.py` and
+`upsample_level.py`, where the loop itself is written out in full). Everything
+around the loop that would otherwise be copied between the two scripts lives
+here, in the order a training script uses it:
+
+    cfg = parse_config(Level1Config)               # dataclass -> argparse -> dataclass
+    dist = setup_distributed(cfg.device)           # torchrun env vars -> rank, device
+    ckpt = load_checkpoint(path, level=1, ...)     # weights_only=True, checked
+    ...loop...
+    update_ema(ema_g, g, decay)                    # exponential moving average of G
+    save_checkpoint(path, state)                   # atomic: tmp file + fsync + rename
+    append_jsonl(log_path, {...})                  # one JSON object per logged step
+    write_samples(out, step, videos)               # samples/step_000100.mp4 and .gif
+
+Nothing here knows about a particular level; the level scripts own their models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+
+from data import UserError, write_video
+
+CHECKPOINT_FORMAT = "hvg-checkpoint-v1"
+
+
+# ----------------------------------------------------------------------------------
+# Configuration: one dataclass per level, the command line is generated from it.
+# ----------------------------------------------------------------------------------
+
+def option(default, help: str, **kwargs):
+    """A dataclass field with a help string for the generated command line."""
+    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+def _arg_type(annotation):
+    """The Python type argparse should convert to, from a (string) annotation."""
+    # `from __future__ import annotations` makes annotations strings: "int | None".
+    name = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    for part in name.replace(" ", "").split("|"):
+        if part in ("int", "float", "str", "bool"):
+            return {"int": int, "float": float, "str": str, "bool": bool}[part]
+    return str
+
+
+def build_parser(config_class, description: str) -> argparse.ArgumentParser:
+    """argparse parser with one `--flag` per dataclass field (underscores -> dashes).
+
+    Booleans become `--flag / --no-flag`; a field's `metadata["choices"]` becomes
+    argparse choices. The dataclass is the single source of truth for defaults.
+    """
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(config_class):
+        flag = "--" + f.name.replace("_", "-")
+        kind = _arg_type(f.type)
+        kwargs = dict(default=f.default, help=f.metadata.get("help", " "))
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif f.metadata.get("nargs"):
+            parser.add_argument(flag, nargs=f.metadata["nargs"], type=str, **kwargs)
+        else:
+            parser.add_argument(flag, type=kind, **kwargs)
+    return parser
+
+
+def parse_config(config_class, argv=None, description: str = ""):
+    """Command line -> config dataclass instance."""
+    args = build_parser(config_class, description).parse_args(argv)
+    return config_class(**vars(args))
+
+
+def config_to_dict(cfg) -> dict:
+    """Plain dict of primitives: what a checkpoint stores (weights_only-safe)."""
+    return dataclasses.asdict(cfg)
+
+
+def run_main(main, argv=None) -> None:
+    """Run a script's main(); a UserError ends with its message and exit code 2.
+
+    A UserError is something the user can fix (a path, a flag, a file), so a
+    traceback would only hide the message. Anything else is a bug: let it raise.
+    """
+    try:
+        main(argv)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+# ----------------------------------------------------------------------------------
+# Devices, torchrun and seeds.
+# ----------------------------------------------------------------------------------
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available else cpu; 'cuda' without a GPU is a UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"--device {name} was asked for, but PyTorch sees no CUDA GPU "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}). "
+            "Use --device cpu (or auto), or install a CUDA build of PyTorch.")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+@dataclass
+class Distributed:
+    """Where this process sits in a torchrun job (world_size 1 without torchrun)."""
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        # Only rank 0 writes files and prints: logs, samples and checkpoints.
+        return self.rank == 0
+
+
+def setup_distributed(device_name: str) -> Distributed:
+    """Read torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE) and join the group.
+
+    `torchrun --nproc_per_node=N script.py ...` starts N copies of the script with
+    these variables set; a plain `python script.py` has none and runs alone.
+    Backend: NCCL between GPUs, gloo on CPU (used by the tests).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed(0, 0, 1, resolve_device(device_name))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(rank, local_rank, world_size, device)
+
+
+def cleanup_distributed() -> None:
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+def per_rank_batch(batch_size: int, world_size: int) -> int:
+    """The global batch size is what the user asks for; each GPU gets a slice."""
+    if batch_size % world_size:
+        raise UserError(
+            f"--batch-size {batch_size} is not divisible by the {world_size} processes "
+            f"of this torchrun job; use a multiple of {world_size} "
+            f"(e.g. {max(world_size, batch_size // world_size * world_size)}).")
+    return batch_size // world_size
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed Python, numpy and torch; each rank gets its own noise stream."""
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    torch.manual_seed(seed + 1000003 * rank)
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of one training step on one rank.
+
+    Re-seeding torch at every step makes all of a step's randomness (latents, the
+    frames the spatial discriminator picks, crops drawn on the GPU) a function of
+    (seed, rank, step). A resumed run therefore continues exactly as an
+    uninterrupted one, with no random-generator state to save, on any number of
+    ranks; each rank still draws its own noise.
+    """
+    # SeedSequence mixes the three numbers so nearby (rank, step) pairs never collide.
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0] >> 1)
+
+
+# ----------------------------------------------------------------------------------
+# Mixed precision.
+# ----------------------------------------------------------------------------------
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """'auto' -> bf16 on CUDA, off on CPU; returns the autocast dtype or None."""
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "off"
+    if amp == "off":
+        return None
+    if amp == "fp16" and device.type == "cpu":
+        # CPU autocast supports float16 in recent PyTorch; it is slow but correct.
+        return torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """torch.autocast for the given dtype, or a no-op context when dtype is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_grad_scaler(device: torch.device, dtype: torch.dtype | None):
+    """fp16 needs loss scaling (its exponent range is small); bf16 and fp32 do not."""
+    return torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
+
+
+# ----------------------------------------------------------------------------------
+# EMA of the generator.
+# ----------------------------------------------------------------------------------
+
+@torch.no_grad()
+def update_ema(ema_model: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """theta_ema <- decay * theta_ema + (1 - decay) * theta.
+
+    Samples come from the EMA weights: averaging over the last ~1/(1-decay) steps
+    smooths out the oscillation of GAN training (BigGAN, DVD-GAN). Buffers (batch
+    norm running statistics, spectral-norm vectors) are copied, not averaged.
+    decay=0 copies the weights: that is the warm-up before `ema_start`.
+    """
+    for ema_p, p in zip(ema_model.parameters(), model.parameters()):
+        ema_p.lerp_(p.detach().to(ema_p.dtype), 1.0 - decay)
+    for ema_b, b in zip(ema_model.buffers(), model.buffers()):
+        ema_b.copy_(b)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DDP and/or torch.compile wrappers."""
+    model = getattr(model, "module", model)     # DistributedDataParallel
+    return getattr(model, "_orig_mod", model)   # torch.compile
+
+
+# ----------------------------------------------------------------------------------
+# Checkpoints: atomic writes, safe loads, clear errors.
+# ----------------------------------------------------------------------------------
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write `state` to `path` atomically.
+
+    torch.save into `path.tmp-<pid>` in the same folder, flush and fsync it, then
+    os.replace it over `path`. A rename within one file system is atomic, so a
+    process killed at any moment, or a disk that fills up mid-write, leaves either
+    the old complete checkpoint or the new complete one, never half of one.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        previous = "the previous checkpoint is intact" if path.exists() else "no checkpoint existed yet"
+        raise UserError(
+            f"could not write checkpoint {path}: {error.strerror or error}; {previous}. "
+            "Free disk space (or choose another --out) and resume.") from error
+    # Leftovers of earlier processes killed mid-write are garbage: remove them.
+    for stale in path.parent.glob(f"{path.name}.tmp-*"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
+def load_checkpoint(path: str | Path, level: int | None = None,
+                    preset: str | None = None, map_location="cpu") -> dict:
+    """Load a checkpoint written by `save_checkpoint`, refusing anything else.
+
+    `weights_only=True` means torch.load only rebuilds tensors and plain
+    containers; a file that contains pickled code (a stranger's "checkpoint") is
+    refused instead of executed. Then the level and preset are checked, so a
+    level-2 checkpoint handed to level 3 stops with a message, not a shape error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - every failure here means "bad file"
+        text = str(error)
+        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+            raise UserError(
+                f"checkpoint {path} contains pickled Python objects, not just tensors; "
+                "it was refused because loading it could run arbitrary code. Only load "
+                "checkpoints written by hvg (or re-save the weights as a plain state dict).") from error
+        raise UserError(
+            f"checkpoint {path} is corrupt or truncated ({type(error).__name__}: "
+            f"{text.splitlines()[0][:200] if text else 'no details'}). Delete it to start "
+            "over, or restore a copy.") from error
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not an hvg checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    if level is not None and state["level"] != level:
+        raise UserError(
+            f"checkpoint {path} is of level {state['level']}, but level {level} was asked "
+            f"for. Pass the level-{level} checkpoint, or use --level {state['level']}.")
+    if preset is not None and state["preset"] != preset:
+        raise UserError(
+            f"checkpoint {path} was trained with --preset {state['preset']}, but "
+            f"--preset {preset} was asked for. Use --preset {state['preset']} or "
+            "another --out.")
+    return state
+
+
+def checkpoint_state(cfg, level: int, step: int, num_classes: int,
+                     models: dict, optimizers: dict) -> dict:
+    """What a checkpoint holds: everything needed to resume, and to rebuild the models.
+
+    models: {"generator": G, "ema_generator": G_ema, "spatial": D_S, ...};
+    optimizers: {"generator": Adam, "discriminator": Adam}. Only tensors, numbers,
+    strings and containers, so `torch.load(weights_only=True)` can read it back.
+    No random-generator state is needed: see `step_seed`.
+    """
+    return {
+        "format": CHECKPOINT_FORMAT, "level": level, "preset": cfg.preset, "step": step,
+        "config": config_to_dict(cfg), "num_classes": num_classes,
+        "models": {name: unwrap(m).state_dict() for name, m in models.items()},
+        "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+    }
+
+
+def restore_checkpoint(ckpt: dict, models: dict, optimizers: dict, path) -> int:
+    """Load models and optimisers from `ckpt` (see `checkpoint_state`); returns the step."""
+    for name, module in models.items():
+        load_state(unwrap(module), ckpt["models"][name], name.replace("_", " "), path)
+    for name, opt in optimizers.items():
+        opt.load_state_dict(ckpt["optimizers"][name])
+    return ckpt["step"]
+
+
+def check_architecture(ckpt_config: dict, cfg, fields: typing.Iterable[str], path) -> None:
+    """Resuming with flags that change the model's shape is an error, not a crash."""
+    changed = [f"--{name.replace('_', '-')} was {ckpt_config.get(name)!r}, now {getattr(cfg, name)!r}"
+               for name in fields if ckpt_config.get(name) != getattr(cfg, name)]
+    if changed:
+        raise UserError(
+            f"cannot resume from {path}: the architecture changed ({'; '.join(changed)}). "
+            "Use the old values, or --no-resume / another --out to start a new run.")
+
+
+def load_state(module: torch.nn.Module, state: dict, what: str, path) -> None:
+    """load_state_dict with a UserError when the shapes do not match."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        raise UserError(
+            f"the {what} in {path} does not fit the model built from the current flags "
+            f"({str(error).splitlines()[0][:200]}). Use the flags it was trained with, "
+            "or --no-resume / another --out.") from error
+
+
+def check_finite(step: int, ckpt_path: Path, **losses: torch.Tensor) -> None:
+    """Stop the run on a NaN or inf loss: training from there only gets worse."""
+    for name, value in losses.items():
+        if not math.isfinite(float(value.detach())):
+            kept = (f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists()
+                    else "no checkpoint was written yet")
+            raise UserError(
+                f"{name} became {float(value.detach())} at step {step}; the run was stopped and "
+                f"{kept}. Resume from it with a lower learning rate, or --amp off if "
+                "mixed precision was on.")
+
+
+# ----------------------------------------------------------------------------------
+# Output folder, logs and samples.
+# ----------------------------------------------------------------------------------
+
+def prepare_out_dir(out: str | Path) -> Path:
+    """Create the run folder and check that it is writable before training starts."""
+    out = Path(out)
+    try:
+        (out / "samples").mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(
+            f"cannot write to --out {out} ({error.strerror or error}); choose a "
+            "folder you can write to.") from error
+    return out
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """One JSON object per line: easy to tail, grep, and load with pandas."""
+    with open(path, "a") as file:
+        file.write(json.dumps(record) + "\n")
+
+
+def unused_path(path: Path) -> Path:
+    """`path`, or `path` with -1, -2, ... before the suffix if it already exists.
+
+    Sample files are numbered by step; a second run in the same folder (after
+    --no-resume) must not silently overwrite the first run's samples.
+    """
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
+def write_samples(out: Path, step: int, grid: torch.Tensor, fps: int = 8) -> list[Path]:
+    """Write a sample grid (C, T, H, W) as samples/step_XXXXXX.mp4 and .gif."""
+    paths = []
+    for suffix in (".mp4", ".gif"):
+        path = unused_path(out / "samples" / f"step_{step:06d}{suffix}")
+        write_video(path, grid, fps=fps)
+        paths.append(path)
+    return paths
