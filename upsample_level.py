@@ -1,0 +1,482 @@
+"""Upsampling levels of HVG (level 2, 3, ...): refine the previous level's video
+in time (x time_factor) and space (x space_factor), trained on partial views.
+
+Level l takes the level-(l-1) video c (the *condition*) and noise z, and produces
+a video with time_factor x more frames and space_factor x more pixels that stays
+faithful to c while adding the detail c lacks:
+
+    condition c  (B, 3, t, h, w)          t = crop/tf + 2K frames: the crop + context
+      -> 3-D encoder at c's resolution     (B, C, t, h, w)       temporal receptive field
+      -> keep the central t - 2K frames    (B, C, t-2K, h, w)    the context is only read
+      -> learned temporal upsampling       (B, C, (t-2K)*tf, h, w)
+      -> residual up-blocks per frame      (B, C', (t-2K)*tf, h*sf, w*sf)
+      -> + interpolated condition, tanh    (B, 3, crop, H, W) in [-1, 1]
+
+Training never sees the whole video: each example is a *partial view*, a crop of
+`crop_frames` output frames plus the matching condition frames with `context`
+extra frames on each side (data.level_example). The level's cost is therefore
+fixed however long the videos are. At sampling time (`sample.py`) it is run over
+the whole video in windows of the same shape.
+
+Three discriminators judge the output: spatial D_S and temporal D_T (as in level
+1) on the output crop, and the matching discriminator D_M on (condition, output)
+pairs, which keeps the output grounded to its input.
+
+    python upsample_level.py --level 2                 # -> runs/tiny/level2/
+    python upsample_level.py --level 3
+    python upsample_level.py --level 2 --preset kinetics600 --data kinetics600 --data-root /data/k600/train
+    python upsample_level.py --level 2 --no-matching   # ablation: no D_M
+    python upsample_level.py --level 2 --context 0     # ablation: no temporal context
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from data import (LevelDataset, UserError, down, level_spec, make_dataset, make_loader,
+                  num_levels, pad_condition, video_grid)
+from discriminators import (MatchingDiscriminator, SpatialDiscriminator, TemporalDiscriminator,
+                            hinge_d_loss, hinge_g_loss, orthogonal_init, sn_conv2d, sn_conv3d)
+from level1 import ConditionalBatchNorm, UpBlock
+from training import (append_jsonl, autocast, check_architecture, check_finite,
+                      checkpoint_state, cleanup_distributed, load_checkpoint, make_grad_scaler,
+                      option, parse_config, per_rank_batch, prepare_out_dir, resolve_amp,
+                      restore_checkpoint, run_main, save_checkpoint, seed_everything,
+                      setup_distributed, step_seed, unwrap, update_ema, write_samples)
+
+
+# ----------------------------------------------------------------------------------
+# Configuration (the command line is generated from this dataclass).
+# ----------------------------------------------------------------------------------
+
+@dataclass
+class UpsampleConfig:
+    level: int = option(2, "which level of the hierarchy to train (2, 3, ...)")
+    # Data.
+    data: str = option("synthetic", "dataset: synthetic, kinetics600, bdd100k, ucf101, folder or cache")
+    data_root: str | None = option(None, "folder of the dataset's videos (or of a `data.py prepare` cache)")
+    preset: str = option("tiny", "shape table of the hierarchy (see data.PRESETS)")
+    num_workers: int = option(0, "DataLoader worker processes (0: load in the training process)")
+    # Partial views (defaults: the preset's table).
+    crop_frames: int | None = option(None, "output frames per training crop (default: the preset's)")
+    context: int | None = option(None, "condition frames of temporal context on each side (default: the preset's)")
+    crop_size: int | None = option(None, "optional spatial crop of the output (largest levels)")
+    # Run.
+    out: str | None = option(None, "run folder (default: runs/<preset>/level<N>)")
+    steps: int = option(600, "generator steps to train for (the run stops at this step)")
+    batch_size: int = option(8, "global batch size (split across torchrun processes)")
+    device: str = option("auto", "auto, cpu or cuda")
+    seed: int = option(0, "seed of data order, initialisation and noise")
+    log_every: int = option(20, "steps between log.jsonl lines")
+    sample_every: int = option(200, "steps between sample videos (0: only at the end)")
+    ckpt_every: int = option(200, "steps between checkpoints (always one at the end)")
+    resume: bool = option(True, "resume from <out>/ckpt.pt when it exists")
+    amp: str = option("auto", "mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16, off",
+                      choices=["auto", "bf16", "fp16", "off"])
+    compile: bool = option(False, "torch.compile the generator and discriminators")
+    num_samples: int = option(4, "videos in each sample grid")
+    eval_every: int = option(0, "steps between FVD evaluations (needs --i3d; 0: off)")
+    i3d: str | None = option(None, "I3D weights for FVD (see metrics.py)")
+    eval_videos: int = option(256, "videos per FVD evaluation during training")
+    # Model.
+    class_conditional: bool = option(False, "condition G and D on the dataset's class labels")
+    z_dim: int = option(64, "latent size")
+    g_ch: int = option(32, "generator base width (channels at the output resolution)")
+    d_ch: int = option(32, "discriminator base width")
+    encoder_blocks: int = option(1, "3-D residual blocks that read the condition (each adds 2 "
+                                    "condition frames of temporal receptive field)")
+    k_frames: int = option(8, "frames the spatial discriminator scores per crop")
+    # Optimisation.
+    g_lr: float = option(2e-4, "generator Adam learning rate")
+    d_lr: float = option(4e-4, "discriminator Adam learning rate")
+    beta1: float = option(0.0, "Adam beta1 (BigGAN: 0)")
+    beta2: float = option(0.999, "Adam beta2")
+    d_steps: int = option(2, "discriminator steps per generator step")
+    ema_decay: float = option(0.99, "EMA decay of G's weights")
+    ema_start: int = option(50, "steps before the EMA starts averaging (it copies G until then)")
+    matching: bool = option(True, "use the matching discriminator D_M (--no-matching: ablation)")
+    spatial_weight: float = option(1.0, "weight of the spatial discriminator's loss")
+    temporal_weight: float = option(1.0, "weight of the temporal discriminator's loss")
+    matching_weight: float = option(1.0, "weight of the matching discriminator's loss")
+
+
+ARCHITECTURE_FIELDS = ("preset", "level", "class_conditional", "z_dim", "g_ch", "d_ch",
+                       "encoder_blocks", "matching")
+
+
+# ----------------------------------------------------------------------------------
+# The conditional generator G_l(c, z).
+# ----------------------------------------------------------------------------------
+
+class EncoderBlock3d(nn.Module):
+    """Residual 3-D block at the condition's resolution: where frames talk to each other.
+
+        h = conv_b(relu(cbn_b(conv_a(relu(cbn_a(x)))))),   out = x + h
+    Both convolutions are 3x3x3, so each block widens the temporal receptive field
+    by 2 condition frames (1 per convolution, on each side).
+    """
+
+    def __init__(self, channels: int, cond_dim: int):
+        super().__init__()
+        self.bn_a = ConditionalBatchNorm(channels, cond_dim)
+        self.conv_a = sn_conv3d(channels, channels, 3, padding=1)
+        self.bn_b = ConditionalBatchNorm(channels, cond_dim)
+        self.conv_b = sn_conv3d(channels, channels, 3, padding=1)
+
+    def _norm(self, bn, x, cond):
+        # Conditional BN is 2-D: fold time into the batch and back.
+        b, c, t, h, w = x.shape
+        x2d = x.transpose(1, 2).reshape(b * t, c, h, w)                     # (B*T, C, H, W)
+        y = bn(x2d, cond.repeat_interleave(t, dim=0))
+        return y.view(b, t, c, h, w).transpose(1, 2)                        # (B, C, T, H, W)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.conv_a(F.relu(self._norm(self.bn_a, x, cond)))
+        h = self.conv_b(F.relu(self._norm(self.bn_b, h, cond)))
+        return x + h
+
+
+def interpolate_condition(condition: torch.Tensor, time_factor: int, space_factor: int) -> torch.Tensor:
+    """The condition brought to the output's shape by plain interpolation: the base
+    the generator adds detail to.
+
+    Time: output frame j*tf + r lies r/tf of the way from condition frame j to j+1
+    (data.down keeps frame j*tf as condition frame j), so
+        base_{j*tf + r} = (1 - r/tf) * c_j + (r/tf) * c_{j+1}
+    with the last frame repeated past the end. Space: bilinear.
+    (B, 3, t, h, w) -> (B, 3, t*tf, h*sf, w*sf)
+    """
+    b, c, t, h, w = condition.shape
+    following = torch.cat([condition[:, :, 1:], condition[:, :, -1:]], dim=2)   # c_{j+1}
+    frac = torch.arange(time_factor, dtype=condition.dtype, device=condition.device) / time_factor
+    frac = frac.view(1, 1, 1, time_factor, 1, 1)
+    # (B, 3, t, 1, h, w) and (1, 1, 1, tf, 1, 1) -> (B, 3, t, tf, h, w) -> (B, 3, t*tf, h, w)
+    video = torch.lerp(condition.unsqueeze(3), following.unsqueeze(3), frac).flatten(2, 3)
+    if space_factor == 1:
+        return video
+    frames = video.transpose(1, 2).reshape(b * t * time_factor, c, h, w)      # (B*T, 3, h, w)
+    frames = F.interpolate(frames, scale_factor=space_factor, mode="bilinear", align_corners=False)
+    return frames.view(b, t * time_factor, c, h * space_factor, w * space_factor).transpose(1, 2)
+
+
+class UpsampleGenerator(nn.Module):
+    """G_l(c, z): condition (B, 3, t, h, w) with `context` frames each side -> output
+    (B, 3, (t - 2*context) * tf, h * sf, w * sf).
+
+    Temporal receptive field. Only the encoder mixes frames: a 1x3x3 stem (none),
+    then `encoder_blocks` residual blocks of two 3x3x3 convolutions (2 frames each),
+    then the temporal upsampling, a 1x3x3 convolution whose output channels are
+    split into tf sub-frames (none); the decoder works frame by frame (none); the
+    interpolated base reads frame j+1 (1). So output frame j*tf + r depends on
+    condition frames j - R ... j + R with
+
+        R = max(2 * encoder_blocks, 1)
+
+    Zero padding only reaches frames within R of a window's edge, so when the
+    context K >= R the output is exactly what running the whole video at once
+    gives: the property windowed sampling relies on (tested in tests/).
+    Noise: z enters every block through conditional batch norm (BigGAN); there is
+    no per-pixel noise, so every window of one video uses the same z and agrees.
+    """
+
+    def __init__(self, time_factor: int, space_factor: int, z_dim: int = 64, ch: int = 32,
+                 encoder_blocks: int = 1, num_classes: int = 0):
+        super().__init__()
+        self.time_factor, self.space_factor = time_factor, space_factor
+        self.z_dim, self.num_classes, self.encoder_blocks = z_dim, num_classes, encoder_blocks
+        ups = int(round(torch.log2(torch.tensor(float(space_factor))).item()))
+        if 2**ups != space_factor:
+            raise ValueError(f"space_factor must be a power of 2, got {space_factor}")
+        # Widths: enc_ch at the condition's resolution, halving at every 2x upsampling.
+        enc_ch = ch * 2**ups
+        self.embed = nn.Embedding(num_classes, z_dim) if num_classes else None
+        cond_dim = 2 * z_dim if num_classes else z_dim
+        self.stem = sn_conv3d(3, enc_ch, (1, 3, 3), padding=(0, 1, 1))
+        self.encoder = nn.ModuleList(EncoderBlock3d(enc_ch, cond_dim) for _ in range(encoder_blocks))
+        # Learned temporal upsampling: one conv gives tf sub-frames' features per frame.
+        self.to_subframes = sn_conv3d(enc_ch, enc_ch * time_factor, (1, 3, 3), padding=(0, 1, 1))
+        self.up_blocks = nn.ModuleList(
+            UpBlock(ch * 2 ** (ups - i), ch * 2 ** (ups - i - 1), cond_dim) for i in range(ups))
+        self.out_bn = nn.BatchNorm2d(ch)
+        self.to_rgb = sn_conv2d(ch, 3, 3, padding=1)
+        # The learned detail starts small, so a fresh generator is close to the
+        # interpolated condition (a sensible upsampler) and learns what to add.
+        self.detail_gain = nn.Parameter(torch.tensor(0.1))
+        orthogonal_init(self)
+
+    def temporal_receptive_field(self) -> int:
+        """R: output frame j*tf + r depends on condition frames j-R .. j+R (see class doc)."""
+        return max(2 * self.encoder_blocks, 1)
+
+    def sample_latent(self, n: int, truncation: float | None = None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """z ~ N(0, I), or the truncated normal (resample |z| > truncation: BigGAN)."""
+        z = torch.randn(n, self.z_dim, generator=generator)
+        if truncation is not None:
+            while (bad := z.abs() > truncation).any():
+                z[bad] = torch.randn(int(bad.sum()), generator=generator)
+        return z.to(next(self.parameters()).device)
+
+    def forward(self, condition: torch.Tensor, z: torch.Tensor,
+                labels: torch.Tensor | None = None, context: int = 0) -> torch.Tensor:
+        b, _, t, h, w = condition.shape
+        keep = t - 2 * context                                   # condition frames that get output
+        if keep <= 0:
+            raise ValueError(f"condition has {t} frames, too few for context {context} on each side")
+        cond = torch.cat([z, self.embed(labels)], dim=1) if self.embed is not None else z
+        # Encoder: the only part that mixes frames (the receptive field lives here).
+        x = self.stem(condition)                                 # (B, C, t, h, w)
+        for block in self.encoder:
+            x = block(x, cond)
+        x = x[:, :, context:context + keep]                      # (B, C, keep, h, w): drop context
+        x = self.to_subframes(F.relu(x))                         # (B, C*tf, keep, h, w)
+        tf = self.time_factor
+        # (B, C*tf, keep, h, w) -> (B, C, tf, keep, h, w) -> (B, C, keep, tf, h, w) -> (B, C, keep*tf, h, w)
+        x = x.view(b, -1, tf, keep, h, w).transpose(2, 3).flatten(2, 3)
+        frames = keep * tf
+        x = x.transpose(1, 2).flatten(0, 1)                      # (B*T, C, h, w): frame by frame
+        frame_cond = cond.repeat_interleave(frames, dim=0)
+        for block in self.up_blocks:
+            x = block(x, frame_cond)                             # (B*T, C/2, 2h, 2w)
+        detail = self.to_rgb(F.relu(self.out_bn(x)))             # (B*T, 3, H, W)
+        detail = detail.view(b, frames, 3, *detail.shape[-2:]).transpose(1, 2)   # (B, 3, T, H, W)
+        # Output = tanh(atanh(base) + gain * detail): the base is the interpolated
+        # condition (it needs frame j+1, so it is cut after interpolation).
+        base = interpolate_condition(condition, tf, self.space_factor)
+        base = base[:, :, context * tf:context * tf + frames]
+        return torch.tanh(torch.atanh(base.clamp(-0.99, 0.99)) + self.detail_gain * detail)
+
+
+def build_generator(config: dict, num_classes: int) -> UpsampleGenerator:
+    """Rebuild the generator from a checkpoint's config (used by sample.py)."""
+    spec = level_spec(config["preset"], config["level"])
+    return UpsampleGenerator(spec.time_factor, spec.space_factor, config["z_dim"], config["g_ch"],
+                             config["encoder_blocks"], num_classes if config["class_conditional"] else 0)
+
+
+def crop_settings(cfg: UpsampleConfig):
+    """The level's spec and its partial view (crop frames, context), checked."""
+    if cfg.level < 2:
+        raise UserError(
+            f"--level {cfg.level}: upsample_level.py trains levels 2 and up; "
+            "level 1 is trained by `python level1.py`.")
+    if cfg.level > num_levels(cfg.preset):
+        raise UserError(f"--level {cfg.level}: preset {cfg.preset!r} has only "
+                        f"{num_levels(cfg.preset)} levels")
+    spec = level_spec(cfg.preset, cfg.level)
+    crop = spec.crop_frames if cfg.crop_frames is None else cfg.crop_frames
+    context = spec.context if cfg.context is None else cfg.context
+    condition_frames = spec.frames // spec.time_factor
+    if not 0 < crop <= spec.frames or crop % spec.time_factor:
+        raise UserError(f"--crop-frames {crop}: must be a multiple of the time factor "
+                        f"{spec.time_factor} between {spec.time_factor} and level {cfg.level}'s "
+                        f"{spec.frames} frames")
+    if not 0 <= context <= condition_frames:
+        raise UserError(f"--context {context}: must be between 0 and the condition's "
+                        f"{condition_frames} frames")
+    if cfg.crop_size is not None and (cfg.crop_size > spec.size or cfg.crop_size % spec.space_factor):
+        raise UserError(f"--crop-size {cfg.crop_size}: must be a multiple of {spec.space_factor} "
+                        f"no larger than {spec.size}")
+    return spec, crop, context
+
+
+def matching_condition(condition: torch.Tensor, context: int) -> torch.Tensor:
+    """The condition frames that the output crop covers: the window minus its context."""
+    return condition[:, :, context:condition.shape[2] - context]
+
+
+# ----------------------------------------------------------------------------------
+# Training.
+# ----------------------------------------------------------------------------------
+
+def main(argv=None) -> None:
+    cfg = parse_config(UpsampleConfig, argv, __doc__)
+    spec, crop, context = crop_settings(cfg)
+    dist = setup_distributed(cfg.device)
+    device = dist.device
+    out = Path(cfg.out or f"runs/{cfg.preset}/level{cfg.level}")
+    ckpt_path = out / "ckpt.pt"
+    local_batch = per_rank_batch(cfg.batch_size, dist.world_size)
+    amp_dtype = resolve_amp(cfg.amp, device)
+    seed_everything(cfg.seed, dist.rank)
+    if dist.is_main:
+        prepare_out_dir(out)
+
+    # Data: partial views. target (B, 3, crop, H, W); condition (B, 3, crop/tf + 2K, h, w).
+    base = make_dataset(cfg.data, cfg.data_root, cfg.preset, cfg.level, seed=cfg.seed)
+    dataset = LevelDataset(base, cfg.preset, cfg.level, seed=cfg.seed, crop_frames=crop,
+                           context=context, crop_size=cfg.crop_size)
+    num_classes = base.num_classes if cfg.class_conditional else 0
+    size = cfg.crop_size or spec.size
+
+    torch.manual_seed(cfg.seed)                     # identical initial weights on every rank
+    generator = UpsampleGenerator(spec.time_factor, spec.space_factor, cfg.z_dim, cfg.g_ch,
+                                  cfg.encoder_blocks, num_classes).to(device)
+    discriminators = {
+        "spatial": SpatialDiscriminator(3, cfg.d_ch, size, cfg.k_frames, num_classes).to(device),
+        "temporal": TemporalDiscriminator(3, cfg.d_ch, size, num_classes).to(device),
+    }
+    if cfg.matching:
+        discriminators["matching"] = MatchingDiscriminator(3, cfg.d_ch, size, num_classes).to(device)
+    weights = {"spatial": cfg.spatial_weight, "temporal": cfg.temporal_weight,
+               "matching": cfg.matching_weight}
+    ema_generator = copy.deepcopy(generator).eval().requires_grad_(False)
+    d_params = [p for d in discriminators.values() for p in d.parameters()]
+    g_opt = torch.optim.Adam(generator.parameters(), lr=cfg.g_lr, betas=(cfg.beta1, cfg.beta2))
+    d_opt = torch.optim.Adam(d_params, lr=cfg.d_lr, betas=(cfg.beta1, cfg.beta2))
+    g_scaler, d_scaler = make_grad_scaler(device, amp_dtype), make_grad_scaler(device, amp_dtype)
+
+    models = {"generator": generator, "ema_generator": ema_generator, **discriminators}
+    optimizers = {"generator": g_opt, "discriminator": d_opt}
+    step = 0
+    if cfg.resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path, level=cfg.level, preset=cfg.preset)
+        check_architecture(ckpt["config"], cfg, ARCHITECTURE_FIELDS, ckpt_path)
+        step = restore_checkpoint(ckpt, models, optimizers, ckpt_path)
+        if dist.is_main:
+            print(f"resumed from {ckpt_path} at step {step}")
+
+    if dist.world_size > 1:
+        if device.type == "cuda":   # SyncBatchNorm needs GPUs; on CPU (gloo) each rank normalises alone
+            generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
+        ddp = lambda m: nn.parallel.DistributedDataParallel(m, device_ids=[device] if device.type == "cuda" else None)
+        generator = ddp(generator)
+        discriminators = {name: ddp(d) for name, d in discriminators.items()}
+        models.update(generator=generator, **discriminators)
+    if cfg.compile:
+        generator = torch.compile(generator)
+        discriminators = {name: torch.compile(d) for name, d in discriminators.items()}
+
+    batches = make_loader(dataset, local_batch, start_batch=step * cfg.d_steps,
+                          num_workers=cfg.num_workers, rank=dist.rank, world_size=dist.world_size)
+    # Fixed examples for the sample grids: whole real clips, so the samples show the
+    # level applied to a full condition video (not only a crop), next to it.
+    sample_gen = torch.Generator().manual_seed(cfg.seed)
+    sample_real = torch.stack([base[i][0] for i in range(cfg.num_samples)])    # (N, 3, T, H, W)
+    sample_labels = torch.tensor([base[i][1] for i in range(cfg.num_samples)]).to(device) if num_classes else None
+    sample_condition = down(sample_real, spec.time_factor, spec.space_factor)   # (N, 3, T/tf, h, w)
+    sample_z = unwrap(generator).sample_latent(cfg.num_samples, generator=sample_gen)
+    evaluator = None
+    if cfg.eval_every and dist.is_main:
+        from metrics import FVDEvaluator
+        evaluator = FVDEvaluator.for_training(cfg.i3d, base, cfg.eval_videos, device)
+
+    def scores(condition, video, labels):
+        """Each discriminator's score of an output crop: {name: (B,)}.
+
+        D_M gets the pair (condition crop, video): real pairs (down(x), x) and fake
+        pairs (down(x), G(down(x), z)) share the same condition, so the only way to
+        tell them apart is whether the video agrees with its condition.
+        """
+        result = {"spatial": discriminators["spatial"](video, labels),
+                  "temporal": discriminators["temporal"](video, labels)}
+        if "matching" in discriminators:
+            result["matching"] = discriminators["matching"](matching_condition(condition, context), video, labels)
+        return result
+
+    def save(step):
+        save_checkpoint(ckpt_path, checkpoint_state(cfg, cfg.level, step, num_classes, models, optimizers))
+
+    def write_sample_grid(step):
+        # Whole videos: G over the full condition, padded with the context it expects.
+        with torch.no_grad():
+            padded = pad_condition(sample_condition, context).to(device)
+            videos = ema_generator(padded, sample_z, sample_labels, context=context).float().cpu()
+        # Condition upsampled with nearest neighbour (what the level was given) | output.
+        nearest = sample_condition.repeat_interleave(spec.time_factor, 2)
+        nearest = nearest.repeat_interleave(spec.space_factor, 3).repeat_interleave(spec.space_factor, 4)
+        pairs = torch.cat([nearest, videos], dim=4)            # side by side along the width
+        write_samples(out, step, video_grid(pairs, nrow=1), fps=4 * spec.time_factor)
+
+    progress = tqdm(total=cfg.steps, initial=step, disable=not dist.is_main,
+                    desc=f"level {cfg.level}", dynamic_ncols=True)
+    clips_seen, tick = 0, time.time()
+    try:
+        while step < cfg.steps:
+            torch.manual_seed(step_seed(cfg.seed, dist.rank, step))   # see training.step_seed
+            # ---- Discriminators: d_steps updates on fresh partial views. --------------
+            # L_D = sum_D w_D * ( E[relu(1 - D(real))] + E[relu(1 + D(fake))] ), D in {S, T, M}
+            for _ in range(cfg.d_steps):
+                batch = next(batches)
+                real = batch["target"].to(device, non_blocking=True)         # (B, 3, crop, H, W)
+                condition = batch["condition"].to(device, non_blocking=True)  # (B, 3, crop/tf+2K, h, w)
+                labels = batch["label"].to(device) if num_classes else None
+                z = torch.randn(local_batch, cfg.z_dim, device=device)
+                with autocast(device, amp_dtype):
+                    with torch.no_grad():
+                        fake = generator(condition, z, labels, context=context)
+                    real_scores = scores(condition, real, labels)
+                    fake_scores = scores(condition, fake, labels)
+                    loss_d = sum(weights[n] * hinge_d_loss(real_scores[n], fake_scores[n]) for n in real_scores)
+                d_opt.zero_grad(set_to_none=True)
+                d_scaler.scale(loss_d).backward()
+                d_scaler.step(d_opt)
+                d_scaler.update()
+
+            # ---- Generator: L_G = -sum_D w_D * E[D(fake)] (D frozen, unwrapped). ------
+            for p in d_params:
+                p.requires_grad_(False)
+            # G is conditioned on the last real condition batch, with fresh noise.
+            z = torch.randn(local_batch, cfg.z_dim, device=device)
+            with autocast(device, amp_dtype):
+                fake = generator(condition, z, labels, context=context)
+                fake_scores = {"spatial": unwrap(discriminators["spatial"])(fake, labels),
+                               "temporal": unwrap(discriminators["temporal"])(fake, labels)}
+                if "matching" in discriminators:
+                    # The matching term: G is rewarded only for outputs that D_M accepts
+                    # as the high-resolution version of *this* condition, so it cannot
+                    # ignore its input and still fool D_M.
+                    fake_scores["matching"] = unwrap(discriminators["matching"])(
+                        matching_condition(condition, context), fake, labels)
+                loss_g = sum(weights[n] * hinge_g_loss(s) for n, s in fake_scores.items())
+            g_opt.zero_grad(set_to_none=True)
+            g_scaler.scale(loss_g).backward()
+            g_scaler.step(g_opt)
+            g_scaler.update()
+            for p in d_params:
+                p.requires_grad_(True)
+            check_finite(step, ckpt_path, loss_d=loss_d, loss_g=loss_g)
+
+            update_ema(ema_generator, unwrap(generator), cfg.ema_decay if step >= cfg.ema_start else 0.0)
+            step += 1
+            clips_seen += cfg.batch_size * (cfg.d_steps + 1)
+
+            if dist.is_main:
+                progress.update(1)
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    elapsed, tick = time.time() - tick, time.time()
+                    record = {"step": step, "loss_d": loss_d.item(), "loss_g": loss_g.item(),
+                              "crops_per_s": clips_seen / max(elapsed, 1e-9)}
+                    clips_seen = 0
+                    if evaluator is not None and step % cfg.eval_every == 0:
+                        record.update(evaluator.evaluate_generator(ema_generator, out, step, save))
+                    append_jsonl(out / "log.jsonl", record)
+                    progress.set_postfix(loss_d=f"{record['loss_d']:.3f}", loss_g=f"{record['loss_g']:.3f}",
+                                         crops_s=f"{record['crops_per_s']:.1f}")
+                if (cfg.sample_every and step % cfg.sample_every == 0) or step == cfg.steps:
+                    write_sample_grid(step)
+                if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                    save(step)
+    except KeyboardInterrupt:
+        if dist.is_main:
+            save(step)
+            progress.close()
+            print(f"\ninterrupted: saved {ckpt_path} at step {step}; run the same command to resume")
+        cleanup_distributed()
+        raise SystemExit(130)
+    progress.close()
+    if dist.is_main:
+        print(f"done: {ckpt_path} (step {step}), samples in {out / 'samples'}")
+    cleanup_distributed()
+
+
+if __name__ == "__main__":
+    run_main(main)
