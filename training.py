@@ -29,6 +29,7 @@ import os
 import random
 import sys
 import typing
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -267,12 +268,18 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except OSError as error:
+    except (OSError, RuntimeError) as error:
+        # A half-written tmp file on a full disk only takes the space resuming needs.
         with contextlib.suppress(OSError):
             tmp.unlink()
+        # torch.save reports a failed write (a full disk) as a RuntimeError raised
+        # while handling the OSError; any other RuntimeError is a bug: let it raise.
+        cause = error if isinstance(error, OSError) else error.__context__
+        if not isinstance(cause, OSError):
+            raise
         previous = "the previous checkpoint is intact" if path.exists() else "no checkpoint existed yet"
         raise UserError(
-            f"could not write checkpoint {path}: {error.strerror or error}; {previous}. "
+            f"could not write checkpoint {path}: {cause.strerror or cause}; {previous}. "
             "Free disk space (or choose another --out) and resume.") from error
     # Leftovers of earlier processes killed mid-write are garbage: remove them.
     for stale in path.parent.glob(f"{path.name}.tmp-*"):
@@ -292,31 +299,56 @@ def load_checkpoint(path: str | Path, level: int | None = None,
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    start_over = ("Delete it (or use --no-resume / another --out) to start over, or restore "
+                  "a good copy.")
+    # torch.save writes a zip archive. Anything else is a damaged file or another format;
+    # it is not handed to the unpickler at all.
+    if not zipfile.is_zipfile(path):
+        raise UserError(
+            f"checkpoint {path} is corrupt or truncated: it is not the zip archive that "
+            f"torch.save writes ({path.stat().st_size} bytes). {start_over}")
+    # torch.load does not check the zip's CRC-32 checksums, so a file damaged in the
+    # middle (a bad copy, a flipped bit) would load with wrong weights. Check them.
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        damaged = f"the archive ({error})"
+    if damaged is not None:
+        raise UserError(f"checkpoint {path} is corrupt: {damaged} fails its checksum. {start_over}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - every failure here means "bad file"
         text = str(error)
-        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+        # The weights-only unpickler names the function or class it refused to import
+        # ("Unsupported global: GLOBAL posix.system"): that is pickled code, not damage.
+        if "GLOBAL" in text or "Unsupported global" in text:
             raise UserError(
                 f"checkpoint {path} contains pickled Python objects, not just tensors; "
                 "it was refused because loading it could run arbitrary code. Only load "
                 "checkpoints written by hvg (or re-save the weights as a plain state dict).") from error
+        detail = text.strip().splitlines()[-1][:200] if text.strip() else "no details"
         raise UserError(
-            f"checkpoint {path} is corrupt or truncated ({type(error).__name__}: "
-            f"{text.splitlines()[0][:200] if text else 'no details'}). Delete it to start "
-            "over, or restore a copy.") from error
+            f"checkpoint {path} is corrupt or truncated ({type(error).__name__}: {detail}). "
+            f"{start_over}") from error
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not an hvg checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
     if level is not None and state["level"] != level:
         raise UserError(
             f"checkpoint {path} is of level {state['level']}, but level {level} was asked "
-            f"for. Pass the level-{level} checkpoint, or use --level {state['level']}.")
+            f"for; it belongs to `{training_command(state['level'])}`. For level {level}, pass "
+            f"a level-{level} checkpoint, or use another --out.")
     if preset is not None and state["preset"] != preset:
         raise UserError(
             f"checkpoint {path} was trained with --preset {state['preset']}, but "
             f"--preset {preset} was asked for. Use --preset {state['preset']} or "
             "another --out.")
     return state
+
+
+def training_command(level: int) -> str:
+    """The script that trains `level`: what a user should run with its checkpoint."""
+    return "python level1.py" if level == 1 else f"python upsample_level.py --level {level}"
 
 
 def checkpoint_state(cfg, level: int, step: int, num_classes: int,
