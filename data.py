@@ -656,6 +656,17 @@ def probe_video(path):
     """(number of frames, frames per second, None), or (None, None, reason) when the
     file cannot be read. Cheap: reads the header, decodes nothing. For ffmpeg formats
     the count is an estimate (duration x fps); reading a clip checks it again."""
+    # Open the file first: an empty or unreadable file would otherwise show up as an
+    # ffmpeg decoding error, and the user would look for damage instead of a
+    # half-finished download or the file's permissions.
+    try:
+        with open(path, "rb") as file:
+            if not file.read(1):
+                return None, None, "empty (0 bytes)"
+    except PermissionError:
+        return None, None, "not readable (permission denied: check the owner/mode)"
+    except OSError as error:
+        return None, None, f"not readable ({error.strerror or error})"
     try:
         if path.suffix.lower() == ".gif":
             from PIL import Image
@@ -793,25 +804,30 @@ class VideoFolder(Dataset):
         else:
             counts = [(None, None, None)] * len(videos)  # lengths unknown: checked when read
         self.videos, self.labels, self.num_frames, self.fps = [], [], [], []
-        skipped = {}
+        skipped, examples = {}, {}  # reason -> count, reason -> the first file with it
         for path, cls, (frames, fps, problem) in zip(videos, classes, counts):
             if problem is None and frames is not None and frames < self.needed:
                 problem = f"shorter than {self.needed} frames"
             if problem:
                 skipped[problem] = skipped.get(problem, 0) + 1
+                examples.setdefault(problem, path.relative_to(self.root))
                 continue
             self.videos.append(path)
             self.labels.append(-1 if cls is None else label_of[cls])
             self.num_frames.append(frames)
             self.fps.append(fps)
         reasons = ", ".join(f"{n} {why}" for why, n in skipped.items())
+        # One file per reason, so the user knows where to look.
+        named = "; ".join(f"{why}: {str(path)!r}" for why, path in examples.items())
         if not self.videos:
             raise UserError(f"found {len(videos)} videos under {str(self.root)!r} but none is usable "
-                            f"({reasons}); a clip needs {self.clip_frames} frames at stride "
-                            f"{frame_stride}. Check the files, or lower --frame-stride")
+                            f"({reasons}; e.g. {named}); a clip needs {self.clip_frames} frames at "
+                            f"stride {frame_stride}. Check the files, or lower --frame-stride")
         if skipped:
+            # Once, when the dataset is built: not once per bad file, not once per epoch.
             warnings.warn(f"skipped {len(videos) - len(self.videos)} of {len(videos)} videos under "
-                          f"{self.root}: {reasons}", stacklevel=4)
+                          f"{self.root}: {reasons} (e.g. {named}); training uses the other "
+                          f"{len(self.videos)}. Fix or remove those files to use them", stacklevel=4)
 
     def _probe(self, videos):
         """Frame counts from the headers, in parallel threads (each one is an ffmpeg
