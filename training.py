@@ -104,8 +104,18 @@ def run_main(main, argv=None) -> None:
     try:
         main(argv)
     except UserError as error:
+        close_progress_bars()
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def close_progress_bars() -> None:
+    """Finish any tqdm bar still drawn on stderr, so that a message printed after it
+    (a full disk, a NaN loss, mid-run) starts on its own line, not glued to the bar."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 # ----------------------------------------------------------------------------------
