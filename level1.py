@@ -41,7 +41,7 @@ from discriminators import (SpatialDiscriminator, TemporalDiscriminator, hinge_d
 from training import (append_jsonl, autocast, check_architecture, check_finite,
                       checkpoint_state, cleanup_distributed, load_checkpoint, make_grad_scaler, option, parse_config, per_rank_batch,
                       prepare_out_dir, resolve_amp, restore_checkpoint, run_main, save_checkpoint,
-                      seed_everything, setup_distributed, step_seed, unwrap, update_ema,
+                      seed_everything, setup_distributed, standing_statistics, step_seed, unwrap, update_ema,
                       write_samples)
 
 
@@ -316,10 +316,17 @@ def main(argv=None) -> None:
         return [(cfg.spatial_weight, spatial_d(video, labels)),
                 (cfg.temporal_weight, temporal_d(video, labels))]
 
+    def refresh_ema_statistics():
+        # Batch-norm statistics measured with the EMA weights themselves (see
+        # training.standing_statistics), before every sample grid and checkpoint.
+        standing_statistics(ema_generator, lambda g: g(*new_latents()))
+
     def save(step):
+        refresh_ema_statistics()
         save_checkpoint(ckpt_path, checkpoint_state(cfg, 1, step, num_classes, models, optimizers))
 
     def write_sample_grid(step):
+        refresh_ema_statistics()
         with torch.no_grad():
             videos = ema_generator(sample_z, sample_labels).float().cpu()   # (N, 3, T, H, W)
         write_samples(out, step, video_grid(videos), fps=4)

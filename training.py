@@ -252,6 +252,29 @@ def update_ema(ema_model: torch.nn.Module, model: torch.nn.Module, decay: float)
         ema_b.copy_(b)
 
 
+@torch.no_grad()
+def standing_statistics(model: torch.nn.Module, forward, batches: int = 8) -> None:
+    """Re-estimate the batch-norm statistics of `model` for its own weights.
+
+    The EMA generator's weights are an average, but the running means and variances
+    it copied were measured on the *training* generator's activations: in eval
+    mode that mismatch washes out the samples. BigGAN's fix, "standing statistics":
+    reset them, run a few batches in train mode with a cumulative average
+    (momentum=None), and go back to eval mode. `forward(model)` runs one batch.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for _ in range(batches):
+        forward(model)
+    model.eval()
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain module under DDP and/or torch.compile wrappers."""
     model = getattr(model, "module", model)     # DistributedDataParallel

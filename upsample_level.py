@@ -50,7 +50,8 @@ from training import (append_jsonl, autocast, check_architecture, check_finite,
                       checkpoint_state, cleanup_distributed, load_checkpoint, make_grad_scaler,
                       option, parse_config, per_rank_batch, prepare_out_dir, resolve_amp,
                       restore_checkpoint, run_main, save_checkpoint, seed_everything,
-                      setup_distributed, step_seed, unwrap, update_ema, write_samples)
+                      setup_distributed, standing_statistics, step_seed, unwrap, update_ema,
+                      write_samples)
 
 
 # ----------------------------------------------------------------------------------
@@ -382,10 +383,27 @@ def main(argv=None) -> None:
             result["matching"] = discriminators["matching"](matching_condition(condition, context), video, labels)
         return result
 
+    # A fixed batch of real training crops (far from the positions training uses),
+    # for the EMA generator's batch-norm statistics: fixed, so a resumed run computes
+    # exactly the statistics an uninterrupted one does.
+    stats_batch = torch.utils.data.default_collate(
+        [dataset[2**62 + i] for i in range(local_batch)])
+    stats_condition = stats_batch["condition"].to(device)
+    stats_labels = stats_batch["label"].to(device) if num_classes else None
+
+    def refresh_ema_statistics():
+        # Batch-norm statistics measured with the EMA weights themselves (see
+        # training.standing_statistics): the fixed crops, with fresh noise each batch.
+        standing_statistics(ema_generator, lambda g: g(
+            stats_condition, torch.randn(local_batch, cfg.z_dim, device=device), stats_labels,
+            context=context))
+
     def save(step):
+        refresh_ema_statistics()
         save_checkpoint(ckpt_path, checkpoint_state(cfg, cfg.level, step, num_classes, models, optimizers))
 
     def write_sample_grid(step):
+        refresh_ema_statistics()
         # Whole videos: G over the full condition, padded with the context it expects.
         with torch.no_grad():
             padded = pad_condition(sample_condition, context).to(device)
