@@ -64,23 +64,28 @@ class LevelSpec:
     space_factor: int   # spatial factor from level l-1 (1 for level 1)
     crop_frames: int    # partial-view output crop length (== frames for level 1)
     context: int        # condition frames of temporal context each side (0 for level 1)
+    crop_size: int | None = None   # default spatial crop of the output (largest levels), None: whole frame
 
 
-def _pyramid(shapes, crop_frames=8, context=2):
+def _pyramid(shapes, crop_frames=8, context=2, last_crop_size=None):
     """Build a preset from [(frames, size), ...], level 1 first. Factors are the ratios
-    between consecutive levels; level 1 always sees its whole clip (no partial view)."""
+    between consecutive levels; level 1 always sees its whole clip (no partial view).
+    `last_crop_size`: the finest level also trains on spatial crops of that size (its
+    frames are the largest: a spatial crop keeps its training step as cheap as the
+    level below's; the generator is fully convolutional, so it samples whole frames)."""
     specs = [LevelSpec(1, shapes[0][0], shapes[0][1], 1, 1, shapes[0][0], 0)]
     for level, ((t0, s0), (t1, s1)) in enumerate(zip(shapes, shapes[1:]), start=2):
-        specs.append(LevelSpec(level, t1, s1, t1 // t0, s1 // s0, crop_frames, context))
+        crop_size = last_crop_size if level == len(shapes) else None
+        specs.append(LevelSpec(level, t1, s1, t1 // t0, s1 // s0, crop_frames, context, crop_size))
     return tuple(specs)
 
 
 PRESETS = {
     # A seconds-per-step preset for tests and laptops.
-    "tiny": _pyramid([(8, 16), (16, 32), (32, 64)]),
+    "tiny": _pyramid([(8, 16), (16, 32), (32, 64)], last_crop_size=32),
     # The paper's three-level model: 48 frames at 256x256 in the end.
-    "kinetics600": _pyramid([(12, 64), (24, 128), (48, 256)]),
-    "bdd100k": _pyramid([(12, 64), (24, 128), (48, 256)]),
+    "kinetics600": _pyramid([(12, 64), (24, 128), (48, 256)], last_crop_size=128),
+    "bdd100k": _pyramid([(12, 64), (24, 128), (48, 256)], last_crop_size=128),
     "ucf101": _pyramid([(12, 64), (24, 128)]),
 }
 

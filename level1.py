@@ -39,10 +39,12 @@ from data import LevelDataset, level_spec, make_dataset, make_loader, video_grid
 from discriminators import (SpatialDiscriminator, TemporalDiscriminator, hinge_d_loss,
                             hinge_g_loss, orthogonal_init, sn_conv2d, sn_linear)
 from training import (append_jsonl, autocast, check_architecture, check_finite,
-                      checkpoint_state, cleanup_distributed, load_checkpoint, make_grad_scaler, option, parse_config, per_rank_batch,
-                      prepare_out_dir, resolve_amp, restore_checkpoint, run_main, save_checkpoint,
-                      seed_everything, setup_distributed, standing_statistics, step_seed, unwrap, update_ema,
-                      write_samples)
+                      checkpoint_state, cleanup_distributed, load_checkpoint,
+                      make_grad_scaler, option, parse_config, per_rank_batch,
+                      prepare_out_dir, resolve_amp, restore_checkpoint, run_main,
+                      save_checkpoint, seed_everything, set_aside_previous_checkpoint,
+                      setup_distributed, standing_statistics, step_seed, StopRequest,
+                      unwrap, update_ema, write_samples)
 
 
 # ----------------------------------------------------------------------------------
@@ -58,7 +60,7 @@ class Level1Config:
     num_workers: int = option(0, "DataLoader worker processes (0: load in the training process)")
     # Run.
     out: str | None = option(None, "run folder (default: runs/<preset>/level1)")
-    steps: int = option(1200, "generator steps to train for (the run stops at this step)")
+    steps: int = option(900, "generator steps to train for (the run stops at this step)")
     batch_size: int = option(16, "global batch size (split across torchrun processes)")
     device: str = option("auto", "auto, cpu or cuda")
     seed: int = option(0, "seed of data order, initialisation and noise")
@@ -76,13 +78,16 @@ class Level1Config:
     # Model.
     class_conditional: bool = option(False, "condition G and D on the dataset's class labels")
     z_dim: int = option(120, "latent size (DVD-GAN: 120)")
-    g_ch: int = option(32, "generator base width (channels at the output resolution)")
-    d_ch: int = option(32, "discriminator base width")
+    g_ch: int = option(16, "generator base width (channels at the output resolution)")
+    d_ch: int = option(16, "discriminator base width")
     k_frames: int = option(8, "frames the spatial discriminator scores per clip (DVD-GAN: 8)")
-    # Optimisation (DVD-GAN / BigGAN settings; see README for the large presets).
-    g_lr: float = option(2e-4, "generator Adam learning rate")
-    d_lr: float = option(4e-4, "discriminator Adam learning rate")
-    beta1: float = option(0.0, "Adam beta1 (BigGAN: 0)")
+    # Optimisation. The defaults are sized for a short CPU run of the tiny preset:
+    # beta1 = 0.5 and equal learning rates learn visibly faster in 900 steps than
+    # DVD-GAN's long-run settings (G 1e-4, D 5e-4, beta1 0, EMA 0.9999 after 20k
+    # steps), which the README gives for Kinetics-600.
+    g_lr: float = option(5e-4, "generator Adam learning rate (DVD-GAN: 1e-4)")
+    d_lr: float = option(5e-4, "discriminator Adam learning rate (DVD-GAN: 5e-4)")
+    beta1: float = option(0.5, "Adam beta1 (BigGAN, DVD-GAN: 0)")
     beta2: float = option(0.999, "Adam beta2")
     d_steps: int = option(2, "discriminator steps per generator step (DVD-GAN: 2)")
     ema_decay: float = option(0.995, "EMA decay of G's weights (DVD-GAN: 0.9999 on long runs)")
@@ -254,6 +259,8 @@ def main(argv=None) -> None:
     seed_everything(cfg.seed, dist.rank)
     if dist.is_main:
         prepare_out_dir(out)
+        if not cfg.resume and ckpt_path.exists():
+            set_aside_previous_checkpoint(ckpt_path)
 
     # Data: real clips at level 1's shape, (B, 3, T_1, H_1, W_1) in [-1, 1].
     base = make_dataset(cfg.data, cfg.data_root, cfg.preset, 1, seed=cfg.seed)
@@ -334,7 +341,7 @@ def main(argv=None) -> None:
     progress = tqdm(total=cfg.steps, initial=step, disable=not dist.is_main,
                     desc="level 1", dynamic_ncols=True)
     clips_seen, tick = 0, time.time()
-    try:
+    with StopRequest() as stop:   # Ctrl-C: finish the step, save, exit (see training.StopRequest)
         while step < cfg.steps:
             # All randomness of a step (noise, the frames D_S samples) is a function of
             # (seed, rank, step), so a resumed run continues exactly as a straight one.
@@ -397,14 +404,14 @@ def main(argv=None) -> None:
                     write_sample_grid(step)
                 if step % cfg.ckpt_every == 0 or step == cfg.steps:
                     save(step)
-    except KeyboardInterrupt:
-        # Ctrl-C: keep what was trained. `step` counts completed steps only.
-        if dist.is_main:
-            save(step)
-            progress.close()
-            print(f"\ninterrupted: saved {ckpt_path} at step {step}; run the same command to resume")
-        cleanup_distributed()
-        raise SystemExit(130)
+            if stop.should_stop(device):
+                # `step` counts completed steps only, so the checkpoint resumes exactly.
+                if dist.is_main:
+                    save(step)
+                    progress.close()
+                    print(f"interrupted: saved {ckpt_path} at step {step}; run the same command to resume")
+                cleanup_distributed()
+                raise SystemExit(130)
     progress.close()
     if dist.is_main:
         print(f"done: {ckpt_path} (step {step}), samples in {out / 'samples'}")

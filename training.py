@@ -27,6 +27,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import typing
 import zipfile
@@ -168,6 +169,49 @@ def setup_distributed(device_name: str) -> Distributed:
     if not torch_dist.is_initialized():
         torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Distributed(rank, local_rank, world_size, device)
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) or SIGTERM ends the run at the next step boundary, not mid-step.
+
+    A KeyboardInterrupt raised in the middle of a step could land after the
+    optimiser has already changed the weights; a checkpoint saved then would be
+    labelled with the previous step and would not resume exactly. Instead the
+    first signal only sets `requested`; the loop checks it after each complete
+    step, saves and exits. A second Ctrl-C stops at once (nothing is saved).
+    With torchrun every rank gets the signal, and `should_stop` makes the ranks
+    agree, so they all stop after the same step.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:      # not the main thread: signals cannot be caught here
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    def should_stop(self, device: torch.device) -> bool:
+        if not torch_dist.is_initialized():
+            return self.requested
+        flag = torch.tensor([float(self.requested)], device=device)
+        torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
 
 
 def cleanup_distributed() -> None:
@@ -479,6 +523,16 @@ def unused_path(path: Path) -> Path:
         n += 1
         candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
     return candidate
+
+
+def set_aside_previous_checkpoint(ckpt_path: Path) -> Path:
+    """--no-resume in a folder that already holds a checkpoint: rename the old one to
+    ckpt-previous.pt (or ckpt-previous-1.pt, ...) rather than overwrite it at the
+    new run's first save. Nothing trained is ever lost silently."""
+    kept = unused_path(ckpt_path.with_name(f"{ckpt_path.stem}-previous{ckpt_path.suffix}"))
+    os.replace(ckpt_path, kept)
+    print(f"--no-resume: kept the previous run's checkpoint as {kept}")
+    return kept
 
 
 def write_samples(out: Path, step: int, grid: torch.Tensor, fps: int = 8) -> list[Path]:

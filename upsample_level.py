@@ -47,11 +47,12 @@ from discriminators import (MatchingDiscriminator, SpatialDiscriminator, Tempora
                             hinge_d_loss, hinge_g_loss, orthogonal_init, sn_conv2d, sn_conv3d)
 from level1 import ConditionalBatchNorm, UpBlock
 from training import (append_jsonl, autocast, check_architecture, check_finite,
-                      checkpoint_state, cleanup_distributed, load_checkpoint, make_grad_scaler,
-                      option, parse_config, per_rank_batch, prepare_out_dir, resolve_amp,
-                      restore_checkpoint, run_main, save_checkpoint, seed_everything,
-                      setup_distributed, standing_statistics, step_seed, unwrap, update_ema,
-                      write_samples)
+                      checkpoint_state, cleanup_distributed, load_checkpoint,
+                      make_grad_scaler, option, parse_config, per_rank_batch,
+                      prepare_out_dir, resolve_amp, restore_checkpoint, run_main,
+                      save_checkpoint, seed_everything, set_aside_previous_checkpoint,
+                      setup_distributed, standing_statistics, step_seed, StopRequest,
+                      unwrap, update_ema, write_samples)
 
 
 # ----------------------------------------------------------------------------------
@@ -69,15 +70,16 @@ class UpsampleConfig:
     # Partial views (defaults: the preset's table).
     crop_frames: int | None = option(None, "output frames per training crop (default: the preset's)")
     context: int | None = option(None, "condition frames of temporal context on each side (default: the preset's)")
-    crop_size: int | None = option(None, "optional spatial crop of the output (largest levels)")
+    crop_size: int | None = option(None, "spatial crop of the output in pixels (default: the preset's, "
+                                         "set for the largest level; 0: whole frames)")
     # Run.
     out: str | None = option(None, "run folder (default: runs/<preset>/level<N>)")
-    steps: int = option(600, "generator steps to train for (the run stops at this step)")
-    batch_size: int = option(8, "global batch size (split across torchrun processes)")
+    steps: int = option(800, "generator steps to train for (the run stops at this step)")
+    batch_size: int = option(4, "global batch size (split across torchrun processes)")
     device: str = option("auto", "auto, cpu or cuda")
     seed: int = option(0, "seed of data order, initialisation and noise")
     log_every: int = option(20, "steps between log.jsonl lines")
-    sample_every: int = option(200, "steps between sample videos (0: only at the end)")
+    sample_every: int = option(400, "steps between sample videos (0: only at the end)")
     ckpt_every: int = option(200, "steps between checkpoints (always one at the end)")
     resume: bool = option(True, "resume from <out>/ckpt.pt when it exists")
     amp: str = option("auto", "mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16, off",
@@ -90,27 +92,29 @@ class UpsampleConfig:
     # Model.
     class_conditional: bool = option(False, "condition G and D on the dataset's class labels")
     z_dim: int = option(64, "latent size")
-    g_ch: int = option(32, "generator base width (channels at the output resolution)")
-    d_ch: int = option(32, "discriminator base width")
+    g_ch: int = option(16, "generator base width (channels at the output resolution)")
+    d_ch: int = option(16, "discriminator base width")
     encoder_blocks: int = option(1, "3-D residual blocks that read the condition (each adds 2 "
                                     "condition frames of temporal receptive field)")
-    k_frames: int = option(8, "frames the spatial discriminator scores per crop")
-    # Optimisation.
-    g_lr: float = option(2e-4, "generator Adam learning rate")
-    d_lr: float = option(4e-4, "discriminator Adam learning rate")
-    beta1: float = option(0.0, "Adam beta1 (BigGAN: 0)")
+    k_frames: int = option(4, "frames the spatial discriminator scores per crop")
+    # Optimisation (sized for a short CPU run of the tiny preset; see level1.py).
+    g_lr: float = option(5e-4, "generator Adam learning rate")
+    d_lr: float = option(5e-4, "discriminator Adam learning rate")
+    beta1: float = option(0.5, "Adam beta1 (BigGAN, DVD-GAN: 0)")
     beta2: float = option(0.999, "Adam beta2")
     d_steps: int = option(2, "discriminator steps per generator step")
     ema_decay: float = option(0.99, "EMA decay of G's weights")
     ema_start: int = option(50, "steps before the EMA starts averaging (it copies G until then)")
     matching: bool = option(True, "use the matching discriminator D_M (--no-matching: ablation)")
+    matching_pool: bool = option(True, "D_M sees the (condition, output) pair 2x average-pooled in "
+                                       "space: the condition has no finer detail to match")
     spatial_weight: float = option(1.0, "weight of the spatial discriminator's loss")
     temporal_weight: float = option(1.0, "weight of the temporal discriminator's loss")
     matching_weight: float = option(1.0, "weight of the matching discriminator's loss")
 
 
 ARCHITECTURE_FIELDS = ("preset", "level", "class_conditional", "z_dim", "g_ch", "d_ch",
-                       "encoder_blocks", "matching")
+                       "encoder_blocks", "matching", "matching_pool")
 
 
 # ----------------------------------------------------------------------------------
@@ -264,7 +268,7 @@ def build_generator(config: dict, num_classes: int) -> UpsampleGenerator:
 
 
 def crop_settings(cfg: UpsampleConfig):
-    """The level's spec and its partial view (crop frames, context), checked."""
+    """The level's spec and its partial view (crop frames, context, crop size), checked."""
     if cfg.level < 2:
         raise UserError(
             f"--level {cfg.level}: upsample_level.py trains levels 2 and up; "
@@ -283,10 +287,11 @@ def crop_settings(cfg: UpsampleConfig):
     if not 0 <= context <= condition_frames:
         raise UserError(f"--context {context}: must be between 0 and the condition's "
                         f"{condition_frames} frames")
-    if cfg.crop_size is not None and (cfg.crop_size > spec.size or cfg.crop_size % spec.space_factor):
-        raise UserError(f"--crop-size {cfg.crop_size}: must be a multiple of {spec.space_factor} "
+    crop_size = spec.crop_size if cfg.crop_size is None else (cfg.crop_size or None)
+    if crop_size is not None and (crop_size > spec.size or crop_size % spec.space_factor):
+        raise UserError(f"--crop-size {crop_size}: must be a multiple of {spec.space_factor} "
                         f"no larger than {spec.size}")
-    return spec, crop, context
+    return spec, crop, context, crop_size
 
 
 def matching_condition(condition: torch.Tensor, context: int) -> torch.Tensor:
@@ -300,7 +305,7 @@ def matching_condition(condition: torch.Tensor, context: int) -> torch.Tensor:
 
 def main(argv=None) -> None:
     cfg = parse_config(UpsampleConfig, argv, __doc__)
-    spec, crop, context = crop_settings(cfg)
+    spec, crop, context, crop_size = crop_settings(cfg)
     dist = setup_distributed(cfg.device)
     device = dist.device
     out = Path(cfg.out or f"runs/{cfg.preset}/level{cfg.level}")
@@ -310,13 +315,15 @@ def main(argv=None) -> None:
     seed_everything(cfg.seed, dist.rank)
     if dist.is_main:
         prepare_out_dir(out)
+        if not cfg.resume and ckpt_path.exists():
+            set_aside_previous_checkpoint(ckpt_path)
 
     # Data: partial views. target (B, 3, crop, H, W); condition (B, 3, crop/tf + 2K, h, w).
     base = make_dataset(cfg.data, cfg.data_root, cfg.preset, cfg.level, seed=cfg.seed)
     dataset = LevelDataset(base, cfg.preset, cfg.level, seed=cfg.seed, crop_frames=crop,
-                           context=context, crop_size=cfg.crop_size)
+                           context=context, crop_size=crop_size)
     num_classes = base.num_classes if cfg.class_conditional else 0
-    size = cfg.crop_size or spec.size
+    size = crop_size or spec.size
 
     torch.manual_seed(cfg.seed)                     # identical initial weights on every rank
     generator = UpsampleGenerator(spec.time_factor, spec.space_factor, cfg.z_dim, cfg.g_ch,
@@ -326,7 +333,8 @@ def main(argv=None) -> None:
         "temporal": TemporalDiscriminator(3, cfg.d_ch, size, num_classes).to(device),
     }
     if cfg.matching:
-        discriminators["matching"] = MatchingDiscriminator(3, cfg.d_ch, size, num_classes).to(device)
+        discriminators["matching"] = MatchingDiscriminator(3, cfg.d_ch, size, num_classes,
+                                                           pool_input=cfg.matching_pool).to(device)
     weights = {"spatial": cfg.spatial_weight, "temporal": cfg.temporal_weight,
                "matching": cfg.matching_weight}
     ema_generator = copy.deepcopy(generator).eval().requires_grad_(False)
@@ -417,7 +425,7 @@ def main(argv=None) -> None:
     progress = tqdm(total=cfg.steps, initial=step, disable=not dist.is_main,
                     desc=f"level {cfg.level}", dynamic_ncols=True)
     clips_seen, tick = 0, time.time()
-    try:
+    with StopRequest() as stop:   # Ctrl-C: finish the step, save, exit (see training.StopRequest)
         while step < cfg.steps:
             torch.manual_seed(step_seed(cfg.seed, dist.rank, step))   # see training.step_seed
             # ---- Discriminators: d_steps updates on fresh partial views. --------------
@@ -483,13 +491,14 @@ def main(argv=None) -> None:
                     write_sample_grid(step)
                 if step % cfg.ckpt_every == 0 or step == cfg.steps:
                     save(step)
-    except KeyboardInterrupt:
-        if dist.is_main:
-            save(step)
-            progress.close()
-            print(f"\ninterrupted: saved {ckpt_path} at step {step}; run the same command to resume")
-        cleanup_distributed()
-        raise SystemExit(130)
+            if stop.should_stop(device):
+                # `step` counts completed steps only, so the checkpoint resumes exactly.
+                if dist.is_main:
+                    save(step)
+                    progress.close()
+                    print(f"interrupted: saved {ckpt_path} at step {step}; run the same command to resume")
+                cleanup_distributed()
+                raise SystemExit(130)
     progress.close()
     if dist.is_main:
         print(f"done: {ckpt_path} (step {step}), samples in {out / 'samples'}")

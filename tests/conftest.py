@@ -1,8 +1,15 @@
 """Shared test settings: small threads, small models, and a helper to run a script's
 main() in-process the way a user runs it from the shell."""
 
+import os
 import sys
 from pathlib import Path
+
+# One thread per process: the tests start subprocesses (torchrun, the kill test) and
+# run small models, where two OpenMP threads fighting over 2 busy cores is up to 10x
+# slower than one. Set before numpy/torch load their thread pools.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import pytest
 import torch
@@ -11,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 
 def run_script(main, argv):
