@@ -112,9 +112,14 @@ class SpectralNorm(nn.Module):
         for _ in range(iterations):
             v = F.normalize(matrix.t() @ u, dim=0, eps=self.eps)  # v = W^T u / ||W^T u||
             u = F.normalize(matrix @ v, dim=0, eps=self.eps)      # u = W v / ||W v||
-        # In place, so the buffers stay the same tensors (state_dict, DDP, EMA).
-        self._u.copy_(u)
-        self._v.copy_(v)
+        # Rebound, not overwritten in place: a forward's sigma = u^T W v keeps its own
+        # u and v for backward, and the next forward (D scores real, then fake, then
+        # one backward) must not change them. torch.compile needs this too: it may
+        # recompute u, v in backward from the buffers, which an in-place update would
+        # have changed ("modified by an inplace operation"; pytorch PR #197039).
+        # state_dict, DDP's buffer broadcast and update_ema look the buffers up by name
+        # at every call, so they see the new tensors.
+        self._u, self._v = u.to(self._u.dtype), v.to(self._v.dtype)
 
     @torch.no_grad()
     def reset(self, weight, iterations=15):
@@ -132,10 +137,8 @@ class SpectralNorm(nn.Module):
                 # One step of power iteration per forward, no gradient through it
                 # (u and v are treated as constants, as in Miyato et al.).
                 self._power_iteration(self._as_matrix(weight), self.n_power_iterations)
-            # Clones: autograd saves u, v for backward, and the next forward
-            # updates the buffers in place.
-            u = self._u.float().clone()
-            v = self._v.float().clone()
+            # No clones needed: the buffers are never changed in place (see above).
+            u, v = self._u.float(), self._v.float()
             # sigma = u^T W v; the gradient flows through W here, and with u, v
             # the top singular vectors d sigma / dW = u v^T, the exact gradient.
             sigma = torch.dot(u, weight32.flatten(1) @ v)
