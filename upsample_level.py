@@ -70,6 +70,9 @@ class UpsampleConfig:
     # Partial views (defaults: the preset's table).
     crop_frames: int | None = option(None, "output frames per training crop (default: the preset's)")
     context: int | None = option(None, "condition frames of temporal context on each side (default: the preset's)")
+    cond_from: str | None = option(None, "run folder of the trained previous level (e.g. runs/tiny/level1): "
+                                         "half of G's conditions are then its samples, not real data")
+    cond_bank: int = option(64, "previous-level videos sampled once for --cond-from")
     crop_size: int | None = option(None, "spatial crop of the output in pixels (default: the preset's, "
                                          "set for the largest level; 0: whole frames)")
     # Run.
@@ -287,11 +290,51 @@ def crop_settings(cfg: UpsampleConfig):
     if not 0 <= context <= condition_frames:
         raise UserError(f"--context {context}: must be between 0 and the condition's "
                         f"{condition_frames} frames")
+    if cfg.cond_from and cfg.class_conditional:
+        raise UserError("--cond-from with --class-conditional is not supported: the sampled "
+                        "conditions have no real labels to pair with; drop one of the two")
     crop_size = spec.crop_size if cfg.crop_size is None else (cfg.crop_size or None)
     if crop_size is not None and (crop_size > spec.size or crop_size % spec.space_factor):
         raise UserError(f"--crop-size {crop_size}: must be a multiple of {spec.space_factor} "
                         f"no larger than {spec.size}")
     return spec, crop, context, crop_size
+
+
+def previous_level_bank(cfg: UpsampleConfig, context: int, device) -> torch.Tensor:
+    """--cond-from: a bank of level-(l-1) videos *generated* by the trained levels
+    below, edge-padded by the context: (M, 3, T_{l-1} + 2K, h, w) on the host.
+
+    Training on real conditions only leaves a train/test mismatch: at sampling time
+    the condition is the previous level's output, with its own flaws. Conditioning
+    part of the batch on real samples of that level lets this one learn to cope.
+    The bank is sampled once (the previous levels are frozen), with the EMA
+    generators, as sample.py does.
+    """
+    import sample   # imported here: sample.py imports this file
+    below = Path(cfg.cond_from)
+    ckpts = [below.parent / f"level{level}" / "ckpt.pt" for level in range(1, cfg.level - 1)]
+    chain = sample.load_chain(ckpts=ckpts + [below / "ckpt.pt"], preset=cfg.preset, device=device,
+                              levels=cfg.level - 1)
+    if chain.specs[-1].level != cfg.level - 1:
+        raise UserError(f"--cond-from {below}: holds level {chain.specs[-1].level}, but level "
+                        f"{cfg.level} needs samples of level {cfg.level - 1}")
+    videos = sample.generate(chain, cfg.cond_bank, seed=cfg.seed + 1)
+    return pad_condition(videos, context)
+
+
+def bank_crops(bank: torch.Tensor, count: int, frames: int, size: int, space_factor: int) -> torch.Tensor:
+    """`count` random partial-view conditions from the bank, like data.level_example
+    cuts them from real clips: `frames` = crop/tf + 2K padded frames starting at a
+    random frame, and a random `size`-pixel square (the crop's condition) in space.
+    Uses torch's global RNG, which the training loop re-seeds every step."""
+    m, _, t, h, _ = bank.shape
+    crops = []
+    for _ in range(count):
+        i = int(torch.randint(m, ()))
+        j0 = int(torch.randint(t - frames + 1, ()))
+        y, x = (int(torch.randint((h - size) // space_factor + 1, ())) * space_factor for _ in range(2))
+        crops.append(bank[i, :, j0:j0 + frames, y:y + size, x:x + size])
+    return torch.stack(crops)                                 # (count, 3, frames, size, size)
 
 
 def matching_condition(condition: torch.Tensor, context: int) -> torch.Tensor:
@@ -377,6 +420,17 @@ def main(argv=None) -> None:
     if cfg.eval_every and dist.is_main:
         from metrics import FVDEvaluator
         evaluator = FVDEvaluator.for_training(cfg.i3d, base, cfg.eval_videos, device)
+    bank = previous_level_bank(cfg, context, device) if cfg.cond_from else None
+    generated = local_batch // 2 if bank is not None else 0     # how many G inputs come from the bank
+
+    def generator_conditions(condition):
+        """G's conditions: the real ones, or with --cond-from the last `generated` of
+        them replaced by crops of previous-level samples of the same shape."""
+        if not generated:
+            return condition
+        _, _, frames, size, _ = condition.shape
+        fake_c = bank_crops(bank, generated, frames, size, spec.space_factor).to(device)
+        return torch.cat([condition[:local_batch - generated], fake_c])
 
     def scores(condition, video, labels):
         """Each discriminator's score of an output crop: {name: (B,)}.
@@ -388,7 +442,12 @@ def main(argv=None) -> None:
         result = {"spatial": discriminators["spatial"](video, labels),
                   "temporal": discriminators["temporal"](video, labels)}
         if "matching" in discriminators:
-            result["matching"] = discriminators["matching"](matching_condition(condition, context), video, labels)
+            # With --cond-from, D_M only judges pairs whose condition is real (the
+            # first B - generated): it must learn agreement, not spot generated conditions.
+            n = local_batch - generated
+            pair_labels = labels[:n] if labels is not None else None
+            result["matching"] = discriminators["matching"](
+                matching_condition(condition[:n], context), video[:n], pair_labels)
         return result
 
     # A fixed batch of real training crops (far from the positions training uses),
@@ -436,9 +495,10 @@ def main(argv=None) -> None:
                 condition = batch["condition"].to(device, non_blocking=True)  # (B, 3, crop/tf+2K, h, w)
                 labels = batch["label"].to(device) if num_classes else None
                 z = torch.randn(local_batch, cfg.z_dim, device=device)
+                g_condition = generator_conditions(condition)
                 with autocast(device, amp_dtype):
                     with torch.no_grad():
-                        fake = generator(condition, z, labels, context=context)
+                        fake = generator(g_condition, z, labels, context=context)
                     real_scores = scores(condition, real, labels)
                     fake_scores = scores(condition, fake, labels)
                     loss_d = sum(weights[n] * hinge_d_loss(real_scores[n], fake_scores[n]) for n in real_scores)
@@ -453,15 +513,17 @@ def main(argv=None) -> None:
             # G is conditioned on the last real condition batch, with fresh noise.
             z = torch.randn(local_batch, cfg.z_dim, device=device)
             with autocast(device, amp_dtype):
-                fake = generator(condition, z, labels, context=context)
+                fake = generator(g_condition, z, labels, context=context)
                 fake_scores = {"spatial": unwrap(discriminators["spatial"])(fake, labels),
                                "temporal": unwrap(discriminators["temporal"])(fake, labels)}
                 if "matching" in discriminators:
                     # The matching term: G is rewarded only for outputs that D_M accepts
                     # as the high-resolution version of *this* condition, so it cannot
                     # ignore its input and still fool D_M.
+                    n = local_batch - generated
                     fake_scores["matching"] = unwrap(discriminators["matching"])(
-                        matching_condition(condition, context), fake, labels)
+                        matching_condition(condition[:n], context), fake[:n],
+                        labels[:n] if labels is not None else None)
                 loss_g = sum(weights[n] * hinge_g_loss(s) for n, s in fake_scores.items())
             g_opt.zero_grad(set_to_none=True)
             g_scaler.scale(loss_g).backward()

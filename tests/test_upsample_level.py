@@ -169,3 +169,32 @@ def test_a_checkpoint_of_another_preset_is_a_clear_error(tmp_path, capsys, small
 def test_bad_partial_view_flags_are_clear_errors(tmp_path, capsys, small_upsample_args, flags, message):
     assert run_script(up.main, small_upsample_args + flags + ["--out", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_bank_crops_cut_partial_view_conditions_from_generated_videos():
+    bank = torch.arange(2 * 3 * 12 * 8 * 8, dtype=torch.float32).view(2, 3, 12, 8, 8)
+    torch.manual_seed(0)
+    crops = up.bank_crops(bank, 5, frames=8, size=4, space_factor=2)
+    assert crops.shape == (5, 3, 8, 4, 4)
+    for crop in crops:   # every crop is a contiguous block of one bank video
+        i, rest = divmod(int(crop[0, 0, 0, 0]), 3 * 12 * 8 * 8)
+        j0, rest = divmod(rest, 64)
+        y, x = divmod(rest, 8)
+        torch.testing.assert_close(crop, bank[i, :, j0:j0 + 8, y:y + 4, x:x + 4])
+        assert y % 2 == 0 and x % 2 == 0
+
+
+def test_cond_from_trains_on_samples_of_the_previous_level(tmp_path, capsys, small_level1_args,
+                                                           small_upsample_args):
+    import level1
+    runs = tmp_path / "runs"
+    assert run_script(level1.main, small_level1_args + ["--steps", "1", "--out", str(runs / "level1")]) == 0
+    flags = small_upsample_args + ["--steps", "1", "--cond-bank", "2", "--out", str(runs / "level2")]
+    assert run_script(up.main, flags + ["--cond-from", str(runs / "level1")]) == 0
+    assert load_checkpoint(runs / "level2" / "ckpt.pt", level=2)["config"]["cond_from"] == str(runs / "level1")
+    # Samples of the wrong level are refused with a message.
+    code = run_script(up.main, small_upsample_args + ["--level", "3", "--steps", "1", "--out", str(runs / "level3"),
+                                                      "--cond-from", str(runs / "level1")])
+    assert code == 2
+    # level 3 needs level-2 samples: the chain below names the missing level.
+    assert "level 2 is missing from the chain" in capsys.readouterr().err
