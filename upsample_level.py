@@ -32,6 +32,7 @@ pairs, which keeps the output grounded to its input.
 from __future__ import annotations
 
 import copy
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -337,6 +338,24 @@ def bank_crops(bank: torch.Tensor, count: int, frames: int, size: int, space_fac
     return torch.stack(crops)                                 # (count, 3, frames, size, size)
 
 
+def condition_error(video: torch.Tensor, condition: torch.Tensor, spec) -> float:
+    """How far the output strays from its condition: mean |down(G(c, z)) - c|.
+
+    A level that follows its input (same objects in the same places) scores close
+    to 0; one that ignores it scores like an unrelated video (about 0.3-0.5 here).
+    """
+    return float((down(video, spec.time_factor, spec.space_factor) - condition).abs().mean())
+
+
+def detail(video: torch.Tensor) -> float:
+    """Fine detail in a video: the mean absolute Laplacian of its frames,
+    |4 x[i, j] - x[i-1, j] - x[i+1, j] - x[i, j-1] - x[i, j+1]|, averaged. Blurry
+    (interpolated) videos score low, sharp edges and texture score high."""
+    frames = video.transpose(1, 2).flatten(0, 2).unsqueeze(1)      # (B*T*C, 1, H, W)
+    kernel = torch.tensor([[0., -1., 0.], [-1., 4., -1.], [0., -1., 0.]]).view(1, 1, 3, 3)
+    return float(F.conv2d(frames, kernel.to(frames)).abs().mean())
+
+
 def matching_condition(condition: torch.Tensor, context: int) -> torch.Tensor:
     """The condition frames that the output crop covers: the window minus its context."""
     return condition[:, :, context:condition.shape[2] - context]
@@ -479,7 +498,13 @@ def main(argv=None) -> None:
         nearest = sample_condition.repeat_interleave(spec.time_factor, 2)
         nearest = nearest.repeat_interleave(spec.space_factor, 3).repeat_interleave(spec.space_factor, 4)
         pairs = torch.cat([nearest, videos], dim=4)            # side by side along the width
-        write_samples(out, step, video_grid(pairs, nrow=1), fps=4 * spec.time_factor)
+        paths = write_samples(out, step, video_grid(pairs, nrow=1), fps=4 * spec.time_factor)
+        # Two numbers a reader can check the samples against (samples/step_XXXXXX.json):
+        # does the output follow its condition, and how much fine detail does it have?
+        report = {"step": step, "condition_error": condition_error(videos, sample_condition, spec),
+                  "detail": {"output": detail(videos), "real": detail(sample_real),
+                             "nearest_condition": detail(nearest)}}
+        paths[0].with_suffix(".json").write_text(json.dumps(report, indent=1))
 
     progress = tqdm(total=cfg.steps, initial=step, disable=not dist.is_main,
                     desc=f"level {cfg.level}", dynamic_ncols=True)

@@ -198,3 +198,18 @@ def test_cond_from_trains_on_samples_of_the_previous_level(tmp_path, capsys, sma
     assert code == 2
     # level 3 needs level-2 samples: the chain below names the missing level.
     assert "level 2 is missing from the chain" in capsys.readouterr().err
+
+
+def test_condition_error_and_detail_measure_what_the_samples_claim():
+    """The numbers written next to each sample grid: a real clip follows its own
+    condition exactly (error 0), an unrelated clip does not; nearest-neighbour
+    upsampling has less fine detail than the real clip, and a flat video has none."""
+    spec = level_spec("tiny", 2)
+    base = data.make_dataset("synthetic", None, "tiny", 2)
+    real = torch.stack([base[i][0] for i in range(4)])
+    condition = down(real, 2, 2)
+    assert up.condition_error(real, condition, spec) == 0
+    assert up.condition_error(real.roll(1, dims=0), condition, spec) > 0.1
+    nearest = condition.repeat_interleave(2, 2).repeat_interleave(2, 3).repeat_interleave(2, 4)
+    assert up.detail(torch.full((1, 3, 4, 8, 8), 0.3)) == 0
+    assert up.detail(nearest) < up.detail(real)
