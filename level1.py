@@ -26,25 +26,22 @@ samples/step_XXXXXX.{mp4,gif} from the EMA generator.
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from data import LevelDataset, level_spec, make_dataset, make_loader, video_grid
 from discriminators import (SpatialDiscriminator, TemporalDiscriminator, hinge_d_loss,
                             hinge_g_loss, orthogonal_init, sn_conv2d, sn_linear)
-from training import (append_jsonl, autocast, check_architecture, check_finite,
-                      checkpoint_state, cleanup_distributed, load_checkpoint,
-                      make_grad_scaler, option, parse_config, per_rank_batch,
-                      prepare_out_dir, resolve_amp, restore_checkpoint, run_main,
-                      save_checkpoint, seed_everything, set_aside_previous_checkpoint,
-                      setup_distributed, standing_statistics, step_seed, StopRequest,
-                      unwrap, update_ema, write_samples)
+from training import (autocast, check_architecture, check_finite, checkpoint_state, Chores,
+                      load_checkpoint, make_grad_scaler, option, parse_config,
+                      per_rank_batch, prepare_out_dir, resolve_amp, restore_checkpoint,
+                      run_main, save_checkpoint, seed_everything,
+                      set_aside_previous_checkpoint, setup_distributed,
+                      standing_statistics, step_seed, unwrap, update_ema, write_samples)
 
 
 # ----------------------------------------------------------------------------------
@@ -338,10 +335,10 @@ def main(argv=None) -> None:
             videos = ema_generator(sample_z, sample_labels).float().cpu()   # (N, 3, T, H, W)
         write_samples(out, step, video_grid(videos), fps=4)
 
-    progress = tqdm(total=cfg.steps, initial=step, disable=not dist.is_main,
-                    desc="level 1", dynamic_ncols=True)
-    clips_seen, tick = 0, time.time()
-    with StopRequest() as stop:   # Ctrl-C: finish the step, save, exit (see training.StopRequest)
+    evaluate = None if evaluator is None else (
+        lambda step: evaluator.evaluate_generator(ema_generator, out, step, save))
+    chores = Chores(cfg, dist, out, step, "level 1", save, write_sample_grid, evaluate, unit="clips")
+    with chores:   # after every step: log, samples, checkpoints, Ctrl-C (see training.Chores)
         while step < cfg.steps:
             # All randomness of a step (noise, the frames D_S samples) is a function of
             # (seed, rank, step), so a resumed run continues exactly as a straight one.
@@ -385,37 +382,9 @@ def main(argv=None) -> None:
             # ---- EMA of G: copy during warm-up, then average. -------------------------
             update_ema(ema_generator, unwrap(generator), cfg.ema_decay if step >= cfg.ema_start else 0.0)
             step += 1
-            clips_seen += cfg.batch_size * (cfg.d_steps + 1)
-
-            # ---- Log, sample, evaluate, checkpoint (rank 0 only). ---------------------
-            if dist.is_main:
-                progress.update(1)
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    elapsed, tick = time.time() - tick, time.time()
-                    record = {"step": step, "loss_d": loss_d.item(), "loss_g": loss_g.item(),
-                              "clips_per_s": clips_seen / max(elapsed, 1e-9)}
-                    clips_seen = 0
-                    if evaluator is not None and step % cfg.eval_every == 0:
-                        record.update(evaluator.evaluate_generator(ema_generator, out, step, save))
-                    append_jsonl(out / "log.jsonl", record)
-                    progress.set_postfix(loss_d=f"{record['loss_d']:.3f}", loss_g=f"{record['loss_g']:.3f}",
-                                         clips_s=f"{record['clips_per_s']:.1f}")
-                if (cfg.sample_every and step % cfg.sample_every == 0) or step == cfg.steps:
-                    write_sample_grid(step)
-                if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                    save(step)
-            if stop.should_stop(device):
-                # `step` counts completed steps only, so the checkpoint resumes exactly.
-                if dist.is_main:
-                    save(step)
-                    progress.close()
-                    print(f"interrupted: saved {ckpt_path} at step {step}; run the same command to resume")
-                cleanup_distributed()
-                raise SystemExit(130)
-    progress.close()
-    if dist.is_main:
-        print(f"done: {ckpt_path} (step {step}), samples in {out / 'samples'}")
-    cleanup_distributed()
+            # ---- Log, samples, FVD, checkpoint (rank 0), Ctrl-C: training.Chores. -----
+            chores.after_step(step, loss_d, loss_g, seen=cfg.batch_size * (cfg.d_steps + 1))
+    chores.finish(step)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import os
 import random
 import signal
 import sys
+import time
 import typing
 import zipfile
 from dataclasses import dataclass
@@ -212,6 +213,72 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         return False
+
+
+class Chores:
+    """Everything a training loop does between steps, in one place for both levels.
+
+    After each step, `after_step` does, on rank 0: the progress bar, a log.jsonl
+    line every `log_every` steps (loss_d, loss_g, throughput, FVD when an evaluator
+    is given), the sample grid every `sample_every` steps, the checkpoint every
+    `ckpt_every` steps (and at the last step); and on every rank it ends the run
+    cleanly after a Ctrl-C (see StopRequest), saving the step just finished.
+    Use it as a context manager around the loop, then call `finish(step)`.
+    """
+
+    def __init__(self, cfg, dist: Distributed, out: Path, step: int, desc: str, save,
+                 write_sample_grid, evaluate=None, unit: str = "clips"):
+        from tqdm import tqdm
+
+        self.cfg, self.dist, self.out, self.unit = cfg, dist, out, unit
+        self.save, self.write_sample_grid, self.evaluate = save, write_sample_grid, evaluate
+        self.progress = tqdm(total=cfg.steps, initial=step, disable=not dist.is_main,
+                             desc=desc, dynamic_ncols=True)
+        self.stop = StopRequest()
+        self.seen, self.tick = 0, time.time()
+
+    def __enter__(self):
+        self.stop.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.stop.__exit__(*exc)
+
+    def after_step(self, step: int, loss_d: torch.Tensor, loss_g: torch.Tensor, seen: int) -> None:
+        """`step` counts completed steps; `seen`: examples this step used (all ranks)."""
+        cfg, last = self.cfg, step == self.cfg.steps
+        self.seen += seen
+        if self.dist.is_main:
+            self.progress.update(1)
+            if step % cfg.log_every == 0 or last:
+                elapsed, self.tick = time.time() - self.tick, time.time()
+                record = {"step": step, "loss_d": loss_d.item(), "loss_g": loss_g.item(),
+                          f"{self.unit}_per_s": self.seen / max(elapsed, 1e-9)}
+                self.seen = 0
+                if self.evaluate is not None and step % cfg.eval_every == 0:
+                    record.update(self.evaluate(step))
+                append_jsonl(self.out / "log.jsonl", record)
+                self.progress.set_postfix(loss_d=f"{record['loss_d']:.3f}", loss_g=f"{record['loss_g']:.3f}",
+                                          **{f"{self.unit}_s": f"{record[f'{self.unit}_per_s']:.1f}"})
+            if (cfg.sample_every and step % cfg.sample_every == 0) or last:
+                self.write_sample_grid(step)
+            if step % cfg.ckpt_every == 0 or last:
+                self.save(step)
+        if self.stop.should_stop(self.dist.device):
+            # `step` counts completed steps only, so this checkpoint resumes exactly.
+            if self.dist.is_main:
+                self.save(step)
+                self.progress.close()
+                print(f"interrupted: saved {self.out / 'ckpt.pt'} at step {step}; "
+                      "run the same command to resume")
+            cleanup_distributed()
+            raise SystemExit(130)
+
+    def finish(self, step: int) -> None:
+        self.progress.close()
+        if self.dist.is_main:
+            print(f"done: {self.out / 'ckpt.pt'} (step {step}), samples in {self.out / 'samples'}")
+        cleanup_distributed()
 
 
 def cleanup_distributed() -> None:

@@ -33,27 +33,24 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from data import (LevelDataset, UserError, down, level_spec, make_dataset, make_loader,
                   num_levels, pad_condition, video_grid)
 from discriminators import (MatchingDiscriminator, SpatialDiscriminator, TemporalDiscriminator,
                             hinge_d_loss, hinge_g_loss, orthogonal_init, sn_conv2d, sn_conv3d)
 from level1 import ConditionalBatchNorm, UpBlock
-from training import (append_jsonl, autocast, check_architecture, check_finite,
-                      checkpoint_state, cleanup_distributed, load_checkpoint,
-                      make_grad_scaler, option, parse_config, per_rank_batch,
-                      prepare_out_dir, resolve_amp, restore_checkpoint, run_main,
-                      save_checkpoint, seed_everything, set_aside_previous_checkpoint,
-                      setup_distributed, standing_statistics, step_seed, StopRequest,
-                      unwrap, update_ema, write_samples)
+from training import (autocast, check_architecture, check_finite, checkpoint_state, Chores,
+                      load_checkpoint, make_grad_scaler, option, parse_config,
+                      per_rank_batch, prepare_out_dir, resolve_amp, restore_checkpoint,
+                      run_main, save_checkpoint, seed_everything,
+                      set_aside_previous_checkpoint, setup_distributed,
+                      standing_statistics, step_seed, unwrap, update_ema, write_samples)
 
 
 # ----------------------------------------------------------------------------------
@@ -506,10 +503,10 @@ def main(argv=None) -> None:
                              "nearest_condition": detail(nearest)}}
         paths[0].with_suffix(".json").write_text(json.dumps(report, indent=1))
 
-    progress = tqdm(total=cfg.steps, initial=step, disable=not dist.is_main,
-                    desc=f"level {cfg.level}", dynamic_ncols=True)
-    clips_seen, tick = 0, time.time()
-    with StopRequest() as stop:   # Ctrl-C: finish the step, save, exit (see training.StopRequest)
+    evaluate = None if evaluator is None else (
+        lambda step: evaluator.evaluate_generator(ema_generator, out, step, save))
+    chores = Chores(cfg, dist, out, step, f"level {cfg.level}", save, write_sample_grid, evaluate, unit="crops")
+    with chores:   # after every step: log, samples, checkpoints, Ctrl-C (see training.Chores)
         while step < cfg.steps:
             torch.manual_seed(step_seed(cfg.seed, dist.rank, step))   # see training.step_seed
             # ---- Discriminators: d_steps updates on fresh partial views. --------------
@@ -560,36 +557,9 @@ def main(argv=None) -> None:
 
             update_ema(ema_generator, unwrap(generator), cfg.ema_decay if step >= cfg.ema_start else 0.0)
             step += 1
-            clips_seen += cfg.batch_size * (cfg.d_steps + 1)
-
-            if dist.is_main:
-                progress.update(1)
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    elapsed, tick = time.time() - tick, time.time()
-                    record = {"step": step, "loss_d": loss_d.item(), "loss_g": loss_g.item(),
-                              "crops_per_s": clips_seen / max(elapsed, 1e-9)}
-                    clips_seen = 0
-                    if evaluator is not None and step % cfg.eval_every == 0:
-                        record.update(evaluator.evaluate_generator(ema_generator, out, step, save))
-                    append_jsonl(out / "log.jsonl", record)
-                    progress.set_postfix(loss_d=f"{record['loss_d']:.3f}", loss_g=f"{record['loss_g']:.3f}",
-                                         crops_s=f"{record['crops_per_s']:.1f}")
-                if (cfg.sample_every and step % cfg.sample_every == 0) or step == cfg.steps:
-                    write_sample_grid(step)
-                if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                    save(step)
-            if stop.should_stop(device):
-                # `step` counts completed steps only, so the checkpoint resumes exactly.
-                if dist.is_main:
-                    save(step)
-                    progress.close()
-                    print(f"interrupted: saved {ckpt_path} at step {step}; run the same command to resume")
-                cleanup_distributed()
-                raise SystemExit(130)
-    progress.close()
-    if dist.is_main:
-        print(f"done: {ckpt_path} (step {step}), samples in {out / 'samples'}")
-    cleanup_distributed()
+            # ---- Log, samples, FVD, checkpoint (rank 0), Ctrl-C: training.Chores. -----
+            chores.after_step(step, loss_d, loss_g, seen=cfg.batch_size * (cfg.d_steps + 1))
+    chores.finish(step)
 
 
 if __name__ == "__main__":

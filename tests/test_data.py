@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import data
-from data import (PRESETS, LevelDataset, SyntheticVideos, UserError, down, frame_time,
-                  level_example, level_spec, make_dataset, make_loader, pad_condition)
+from data import (PRESETS, LevelDataset, UserError, down, level_example, level_spec,
+                  make_dataset, make_loader, pad_condition)
 
 
 # ---------------------------------------------------------------- presets and pyramid

@@ -7,7 +7,6 @@ import torch
 
 import level1
 from conftest import run_script
-from data import UserError
 from training import load_checkpoint
 
 
