@@ -1,0 +1,687 @@
+"""bench.py: the numbers behind HVG's scaling claim, measured on this machine.
+
+HVG trains every upsampling level on partial views (a short crop of the video
+plus a little temporal context), so the cost of training a level should not grow
+with the length of the videos it will generate; a single GAN that generates the
+whole full-resolution video has to hold all of it at once (the paper's Fig. 5).
+This script measures that, and how fast the levels train and the chain samples:
+
+  1. memory      peak memory of ONE training step (a D update and a G update:
+                 forward and backward of G and of every D) against the output
+                 length (16, 32, 64, 128 frames at a fixed resolution) for
+                   level1    the level-1 GAN generating that many frames,
+                   upsample  an upsampling level (tf = sf = 2) whose videos have
+                             that many frames, trained on 8-frame partial views,
+                   baseline  a non-hierarchical GAN: level 1's generator and D_S,
+                             D_T, but generating the full-resolution video directly;
+                 and each one's growth: memory at the longest / at the shortest.
+  2. throughput  clips/s and model FLOPs utilisation (MFU) of each level's
+                 training iteration (the level scripts' default models, tiny
+                 preset), against a matmul peak measured in the same run.
+  3. sampling    frames/s and peak memory of sample.py's pipeline at 1x and 4x
+                 the training horizon.
+
+    python bench.py --json results.json      # full run (about 15 minutes on 2 CPU cores)
+    python bench.py --quick                  # reduced sizes (a few minutes)
+    python bench.py --only memory            # one part: memory, throughput or sampling
+
+Output: a table per part on stdout and, with --json, one file:
+    {"memory": {"level1": {"16": bytes, "32": ...}, "upsample": {...}, "baseline": {...},
+                "growth": {...}, "settings": {...}},
+     "throughput": {...}, "sampling": {...}, "machine": {...}}
+
+How memory is measured ("the step's own peak": weights, optimiser state, the input
+batch and the Python interpreter are not counted, so the growth ratios are those
+of the step itself):
+  * CUDA: torch.cuda.max_memory_allocated() after torch.cuda.reset_peak_memory_stats(),
+    minus torch.cuda.memory_allocated() just before the step.
+  * CPU: every measurement runs in a fresh process (`bench.py --worker ...`), which
+    first runs one untimed step (so optimiser state and oneDNN's caches exist), then
+    resets the kernel's peak-RSS counter (writing 5 to /proc/self/clear_refs sets
+    VmHWM to the current RSS), reads VmRSS, runs the step and reads VmHWM:
+    peak = VmHWM - VmRSS_before. glibc's malloc would keep freed memory and hand it
+    back to the next step without the RSS moving, so the workers run with
+    MALLOC_MMAP_THRESHOLD_=65536: every tensor larger than 64 KiB gets its own
+    mapping, returned to the system when it is freed, and RSS follows the memory in
+    use. (Where clear_refs is not writable, a thread samples VmRSS every 0.2 ms.)
+    The workers use one thread (OMP_NUM_THREADS=1), which changes speed, not memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.utils.flop_counter import FlopCounterMode
+
+import data
+import level1
+import sample
+import upsample_level
+from data import UserError, level_spec
+from discriminators import (
+    MatchingDiscriminator,
+    SpatialDiscriminator,
+    TemporalDiscriminator,
+    hinge_d_loss,
+    hinge_g_loss,
+)
+from training import autocast, resolve_amp, resolve_device, run_main
+
+ROOT = Path(__file__).resolve().parent
+
+
+# ----------------------------------------------------------------------------------
+# Measuring the peak memory of one piece of work.
+# ----------------------------------------------------------------------------------
+
+def _proc_status_bytes(field: str) -> int:
+    """A memory line of /proc/self/status ("VmRSS:   1234 kB") in bytes."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field} line")
+
+
+def _reset_peak_rss() -> bool:
+    """Set the kernel's peak-RSS counter (VmHWM) to the current RSS; False if not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """`with PeakMemory(device) as peak: work()` -> peak.bytes: the most memory the
+    work held at once, beyond what was held when it started (see the file's docstring)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.bytes = 0
+
+    def __enter__(self):
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.before = torch.cuda.memory_allocated(self.device)
+            return self
+        self.sampler = None
+        if not _reset_peak_rss():
+            # No clear_refs (some containers): watch RSS from a thread. Torch releases the
+            # GIL inside its kernels, so the thread keeps running during the work.
+            self.sampled, self.stop = 0, threading.Event()
+
+            def watch():
+                while not self.stop.is_set():
+                    self.sampled = max(self.sampled, _proc_status_bytes("VmRSS"))
+                    time.sleep(0.0002)
+
+            self.sampler = threading.Thread(target=watch, daemon=True)
+            self.sampler.start()
+        self.before = _proc_status_bytes("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.bytes = torch.cuda.max_memory_allocated(self.device) - self.before
+        elif self.sampler is not None:
+            self.stop.set()
+            self.sampler.join()
+            self.bytes = max(self.sampled, _proc_status_bytes("VmRSS")) - self.before
+        else:
+            self.bytes = _proc_status_bytes("VmHWM") - self.before
+        return False
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ----------------------------------------------------------------------------------
+# One GAN training step, as the level scripts take it.
+# ----------------------------------------------------------------------------------
+
+@dataclass
+class GAN:
+    """What a training step needs: the models, a real batch and how to call them.
+
+    make_fake(z) -> fake video; scores(video) -> {discriminator name: (B,) scores}.
+    For an upsampling level both close over the batch's condition (partial view).
+    """
+    generator: nn.Module
+    discriminators: dict
+    real: torch.Tensor                                   # (B, 3, T, H, W)
+    make_fake: Callable[[torch.Tensor], torch.Tensor]
+    scores: Callable[[torch.Tensor], dict]
+    z_dim: int
+    d_steps: int = 2
+    amp_dtype: torch.dtype | None = None
+    sn_cache: bool = False        # see train_step
+
+    def __post_init__(self):
+        self.d_params = [p for d in self.discriminators.values() for p in d.parameters()]
+        # The level scripts' optimisers (Adam, BigGAN betas); the rates do not matter here.
+        self.g_opt = torch.optim.Adam(self.generator.parameters(), lr=1e-4, betas=(0.0, 0.999))
+        self.d_opt = torch.optim.Adam(self.d_params, lr=1e-4, betas=(0.0, 0.999))
+
+    @property
+    def batch(self) -> int:
+        return self.real.shape[0]
+
+
+def train_step(gan: GAN, d_steps: int | None = None) -> None:
+    """d_steps discriminator updates and one generator update: the body of the
+    level scripts' loop (without logging, EMA and checkpoints).
+
+        L_D = sum_D E[relu(1 - D(x))] + E[relu(1 + D(G(z)))]     (D updates)
+        L_G = -sum_D E[D(G(z))]                                   (G update, D frozen)
+
+    gan.sn_cache (bench.py --sn-cache): each update's forward and backward run inside
+    torch.nn.utils.parametrize.cached(), so every spectrally normalised weight
+    W / sigma(W) is computed once per update instead of at every use: level 1's
+    ConvGRU uses its two convolutions once per frame, and D scores real and fake
+    clips with the same weights. The level scripts do not do this (yet): the flag
+    measures what that change would gain.
+    """
+    device = gan.real.device
+    cache = parametrize.cached if gan.sn_cache else contextlib.nullcontext
+    for _ in range(gan.d_steps if d_steps is None else d_steps):
+        z = torch.randn(gan.batch, gan.z_dim, device=device)
+        with cache():
+            with autocast(device, gan.amp_dtype):
+                with torch.no_grad():
+                    fake = gan.make_fake(z)
+                real_scores, fake_scores = gan.scores(gan.real), gan.scores(fake)
+                loss_d = sum(hinge_d_loss(real_scores[n], fake_scores[n]) for n in real_scores)
+            gan.d_opt.zero_grad(set_to_none=True)
+            loss_d.backward()
+        gan.d_opt.step()
+    for p in gan.d_params:
+        p.requires_grad_(False)
+    z = torch.randn(gan.batch, gan.z_dim, device=device)
+    with cache():
+        with autocast(device, gan.amp_dtype):
+            loss_g = sum(hinge_g_loss(s) for s in gan.scores(gan.make_fake(z)).values())
+        gan.g_opt.zero_grad(set_to_none=True)
+        loss_g.backward()
+    gan.g_opt.step()
+    for p in gan.d_params:
+        p.requires_grad_(True)
+
+
+def level1_gan(frames: int, size: int, batch: int, g_ch: int, d_ch: int, z_dim: int,
+               k_frames: int, device, d_steps: int = 2, amp_dtype=None) -> GAN:
+    """Level 1 (or, at full resolution and length, the non-hierarchical baseline):
+    G(z) -> (B, 3, frames, size, size), judged by D_S and D_T, as level1.main builds them."""
+    torch.manual_seed(0)
+    generator = level1.Level1Generator(frames, size, z_dim, g_ch).to(device)
+    discriminators = {"spatial": SpatialDiscriminator(3, d_ch, size, k_frames).to(device),
+                      "temporal": TemporalDiscriminator(3, d_ch, size).to(device)}
+    real = torch.rand(batch, 3, frames, size, size, device=device) * 2 - 1
+
+    def scores(video):
+        return {name: d(video) for name, d in discriminators.items()}
+
+    return GAN(generator, discriminators, real, generator, scores, z_dim, d_steps, amp_dtype)
+
+
+def upsample_gan(cfg: upsample_level.UpsampleConfig, device, amp_dtype=None) -> GAN:
+    """An upsampling level as upsample_level.main builds it, with one batch of partial
+    views cut by data.level_example from random full-length videos of the level.
+
+    Only the crop reaches the models: target (B, 3, crop, H, W) and condition
+    (B, 3, crop/tf + 2K, h, w), however long the level's videos are.
+    """
+    spec, crop, context, crop_size = upsample_level.crop_settings(cfg)
+    size = crop_size or spec.size
+    torch.manual_seed(0)
+    generator = upsample_level.UpsampleGenerator(spec.time_factor, spec.space_factor, cfg.z_dim,
+                                                 cfg.g_ch, cfg.encoder_blocks).to(device)
+    discriminators = {"spatial": SpatialDiscriminator(3, cfg.d_ch, size, cfg.k_frames).to(device),
+                      "temporal": TemporalDiscriminator(3, cfg.d_ch, size).to(device)}
+    if cfg.matching:
+        discriminators["matching"] = MatchingDiscriminator(
+            3, cfg.d_ch, size, pool_input=cfg.matching_pool).to(device)
+    examples = []
+    for i in range(cfg.batch_size):
+        # A random "real" video of the level's FULL length (3, T_l, H_l, W_l), as a
+        # dataset item would be; the partial view is cut from it, then it is dropped.
+        video = torch.rand(3, spec.frames, spec.size, spec.size) * 2 - 1
+        example = data.level_example(video, cfg.preset, cfg.level, crop, context, crop_size,
+                                     rng=np.random.default_rng(i))
+        examples.append({k: example[k].clone() for k in ("target", "condition")})
+    real = torch.stack([e["target"] for e in examples]).to(device)          # (B, 3, crop, H, W)
+    condition = torch.stack([e["condition"] for e in examples]).to(device)  # (B, 3, crop/tf+2K, h, w)
+    del examples, video
+
+    def make_fake(z):
+        return generator(condition, z, context=context)
+
+    def scores(video):
+        result = {"spatial": discriminators["spatial"](video),
+                  "temporal": discriminators["temporal"](video)}
+        if "matching" in discriminators:
+            result["matching"] = discriminators["matching"](
+                upsample_level.matching_condition(condition, context), video)
+        return result
+
+    return GAN(generator, discriminators, real, make_fake, scores, cfg.z_dim, cfg.d_steps, amp_dtype)
+
+
+# ----------------------------------------------------------------------------------
+# 1. Memory against the output length (the paper's Fig. 5).
+# ----------------------------------------------------------------------------------
+
+@dataclass
+class MemorySettings:
+    lengths: tuple = (16, 32, 64, 128)   # output frames
+    low_size: int = 32                   # level 1's resolution
+    high_size: int = 64                  # the upsampling level's (and the baseline's) resolution
+    batch: int = 2
+    ch: int = 16                         # g_ch = d_ch of every model
+    z_dim: int = 64
+    k_frames: int = 8                    # frames D_S scores per clip
+    crop_frames: int = 8                 # the upsampling level's partial view ...
+    context: int = 2                     # ... and its context, in condition frames each side
+
+
+QUICK_MEMORY = MemorySettings(low_size=16, high_size=32, ch=8)   # same lengths, smaller frames
+KINDS = ("level1", "upsample", "baseline")
+
+
+def memory_gan(kind: str, frames: int, s: MemorySettings, device) -> GAN:
+    """The model whose training step is measured, for an output of `frames` frames."""
+    if kind == "level1":       # the outline: all frames, low resolution
+        return level1_gan(frames, s.low_size, s.batch, s.ch, s.ch, s.z_dim, s.k_frames, device, d_steps=1)
+    if kind == "baseline":     # one GAN for the whole video: all frames, full resolution
+        return level1_gan(frames, s.high_size, s.batch, s.ch, s.ch, s.z_dim, s.k_frames, device, d_steps=1)
+    # The upsampling level of a two-level hierarchy whose final videos have `frames`
+    # frames at high_size: (frames/2 x low_size) -> (frames x high_size), tf = sf = 2.
+    preset = f"bench-{frames}"
+    data.PRESETS[preset] = data._pyramid([(frames // 2, s.low_size), (frames, s.high_size)],
+                                         crop_frames=s.crop_frames, context=s.context)
+    cfg = upsample_level.UpsampleConfig(level=2, preset=preset, batch_size=s.batch, g_ch=s.ch,
+                                        d_ch=s.ch, z_dim=s.z_dim, k_frames=s.k_frames, d_steps=1)
+    return upsample_gan(cfg, device)
+
+
+def memory_worker(kind: str, frames: int, settings: dict, device: str) -> dict:
+    """Runs in a fresh process: the peak memory of one training step (see the docstring)."""
+    device = resolve_device(device)
+    gan = memory_gan(kind, frames, MemorySettings(**settings), device)
+    train_step(gan)                       # first step: Adam's state, kernel caches
+    synchronize(device)
+    peaks = []
+    for _ in range(3):                    # the median of three steps: RSS moves by a few
+        with PeakMemory(device) as peak:  # hundred KiB from step to step on the CPU
+            train_step(gan)
+        peaks.append(peak.bytes)
+    return {"bytes": statistics.median(peaks)}
+
+
+def run_worker(task: dict, threads: int = 1, timeout: int = 1800) -> dict:
+    """Run `bench.py --worker TASK` in a fresh process; returns its JSON answer."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           # every tensor > 64 KiB gets its own mapping, returned when freed (see docstring)
+           "MALLOC_MMAP_THRESHOLD_": "65536"}
+    result = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--worker", json.dumps(task)],
+                            env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                            check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"bench worker {task} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def bench_memory(settings: MemorySettings, device: torch.device) -> dict:
+    results = {kind: {} for kind in KINDS}
+    for kind in KINDS:
+        for frames in settings.lengths:
+            task = {"task": "memory", "kind": kind, "frames": frames,
+                    "settings": asdict(settings), "device": str(device)}
+            results[kind][str(frames)] = run_worker(task)["bytes"]
+            print(f"  memory {kind:9s} {frames:4d} frames: {mib(results[kind][str(frames)]):9.1f} MiB",
+                  flush=True)
+    first, last = str(settings.lengths[0]), str(settings.lengths[-1])
+    results["growth"] = {kind: results[kind][last] / results[kind][first] for kind in KINDS}
+    results["settings"] = asdict(settings)
+    results["method"] = ("cuda: max_memory_allocated - memory_allocated before the step"
+                         if device.type == "cuda" else
+                         "cpu: fresh process per point, VmHWM (reset via /proc/self/clear_refs) "
+                         "- VmRSS before the step, MALLOC_MMAP_THRESHOLD_=65536, one thread")
+    return results
+
+
+# ----------------------------------------------------------------------------------
+# 2. Training throughput and model FLOPs utilisation.
+# ----------------------------------------------------------------------------------
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int) -> float:
+    """FLOP/s of a large (n x n) @ (n x n) matmul: 2 n^3 FLOPs, best of a few runs.
+    The reference for MFU: what this device really does on the friendliest workload."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b                                              # warm-up
+    best = math.inf
+    for _ in range(5):
+        synchronize(device)
+        start = time.perf_counter()
+        repeats = 0
+        while time.perf_counter() - start < 0.3 or repeats < 2:
+            a @ b
+            repeats += 1
+        synchronize(device)
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return 2 * n**3 / best
+
+
+def step_flops(gan: GAN) -> int:
+    """FLOPs of one training iteration (forward and backward of every matmul and
+    convolution), counted by torch.utils.flop_counter while it runs."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        train_step(gan)
+    return counter.get_total_flops()
+
+
+def time_steps(gan: GAN, iterations: int) -> list[float]:
+    """Seconds of each of `iterations` training iterations (after one untimed warm-up)."""
+    train_step(gan)
+    times = []
+    for _ in range(iterations):
+        synchronize(gan.real.device)
+        start = time.perf_counter()
+        train_step(gan)
+        synchronize(gan.real.device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def training_gans(preset: str, device, amp_dtype):
+    """{level: GAN} with the level scripts' default models and batch sizes."""
+    gans = {}
+    cfg1 = level1.Level1Config(preset=preset)
+    spec = level_spec(preset, 1)
+    gans[1] = level1_gan(spec.frames, spec.size, cfg1.batch_size, cfg1.g_ch, cfg1.d_ch, cfg1.z_dim,
+                         cfg1.k_frames, device, cfg1.d_steps, amp_dtype)
+    for level in range(2, data.num_levels(preset) + 1):
+        gans[level] = upsample_gan(upsample_level.UpsampleConfig(level=level, preset=preset),
+                                   device, amp_dtype)
+    return gans
+
+
+def throughput_worker(device: str, iterations: int, threads: int, sn_cache: bool,
+                      preset: str = "tiny") -> dict:
+    """Runs in a fresh process with `threads` threads: peak FLOP/s, then each level's
+    iteration time and FLOPs."""
+    device = resolve_device(device)
+    torch.set_num_threads(threads)
+    amp_dtype = resolve_amp("auto", device)           # what the level scripts use by default
+    peaks = {"float32": matmul_peak(device, torch.float32, 4096 if device.type == "cuda" else 1024)}
+    if device.type == "cuda":
+        peaks["bfloat16"] = matmul_peak(device, torch.bfloat16, 8192)
+    step_dtype = "bfloat16" if amp_dtype == torch.bfloat16 else "float32"
+    results = {"preset": preset, "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
+               "threads": torch.get_num_threads(), "sn_cache": sn_cache, "peak_flops": peaks,
+               "mfu_against": step_dtype, "levels": {}}
+    for level, gan in training_gans(preset, device, amp_dtype).items():
+        gan.sn_cache = sn_cache
+        flops = step_flops(gan)
+        times = time_steps(gan, iterations)
+        # The median: other processes on a shared machine slow some iterations down.
+        seconds = statistics.median(times)
+        # Clips per second counted as the level scripts' log counts them: every D
+        # update and the G update each take one batch.
+        clips = gan.batch * (gan.d_steps + 1)
+        results["levels"][str(level)] = {
+            "batch": gan.batch, "d_steps": gan.d_steps, "seconds_per_iteration": seconds,
+            "seconds_each": times,
+            "clips_per_s": clips / seconds, "flops_per_iteration": flops,
+            "achieved_flops": flops / seconds, "mfu": flops / seconds / peaks[step_dtype]}
+    return results
+
+
+def bench_throughput(device: torch.device, iterations: int, threads: int, sn_cache: bool) -> dict:
+    task = {"task": "throughput", "device": str(device), "iterations": iterations,
+            "threads": threads, "sn_cache": sn_cache}
+    results = run_worker(task, threads=threads)
+    for level, r in results["levels"].items():
+        print(f"  training level {level}: {r['seconds_per_iteration']:.3f} s/iteration, "
+              f"{r['clips_per_s']:.1f} clips/s, MFU {100 * r['mfu']:.1f}%", flush=True)
+    return results
+
+
+# ----------------------------------------------------------------------------------
+# 3. Sampling: the whole chain at 1x and 4x the training horizon.
+# ----------------------------------------------------------------------------------
+
+def random_chain(preset: str, device) -> sample.Chain:
+    """A chain of randomly initialised generators with the level scripts' default
+    sizes (time and memory do not depend on the weights' values)."""
+    torch.manual_seed(0)
+    generators = [level1.build_generator(asdict(level1.Level1Config(preset=preset)), 0)]
+    for level in range(2, data.num_levels(preset) + 1):
+        cfg = upsample_level.UpsampleConfig(level=level, preset=preset)
+        generators.append(upsample_level.build_generator(asdict(cfg), 0))
+    specs = [level_spec(preset, level) for level in range(1, len(generators) + 1)]
+    return sample.Chain(preset, specs, [sample.freeze(g).to(device) for g in generators],
+                        paths=[], steps=[], num_classes=0, device=device)
+
+
+class PeakPerCall:
+    """Stands in for a generator in sample.upsample and records each call's peak
+    memory: the memory one window needs."""
+
+    def __init__(self, generator, device):
+        self.generator, self.device, self.peaks = generator, device, []
+        self.time_factor, self.space_factor = generator.time_factor, generator.space_factor
+
+    def __call__(self, *args, **kwargs):
+        with PeakMemory(self.device) as peak:
+            out = self.generator(*args, **kwargs)
+        self.peaks.append(peak.bytes)
+        return out
+
+
+def sampling_worker(horizon: int, num: int, runs: str | None, device: str) -> dict:
+    """Runs in a fresh process: sample `num` videos of `horizon` x the training length."""
+    device = resolve_device(device)
+    chain = (sample.load_chain(runs=runs, device=device) if runs else random_chain("tiny", device))
+    frames = chain.frames * horizon
+    sample.generate(chain, 1, frames=chain.frames)                # warm-up
+    # The whole pipeline, as `python sample.py --frames F` runs it.
+    with PeakMemory(device) as peak:
+        start = time.perf_counter()
+        videos = sample.generate(chain, num, seed=0, frames=frames, batch_size=num)
+        synchronize(device)
+        seconds = time.perf_counter() - start
+    result = {"frames": frames, "videos": num, "seconds": seconds,
+              "frames_per_s": num * frames / seconds, "peak_bytes": peak.bytes,
+              "output_bytes": videos.numel() * videos.element_size()}
+    del videos
+    # Stage by stage: level 1 (an RNN over all frames, the whole video at once), then
+    # each upsampling level in windows (the peak of one window).
+    unroll, _ = sample.level_frames(chain, frames)
+    with torch.inference_mode():
+        z = chain.generators[0].sample_latent(num, generator=torch.Generator().manual_seed(0))
+        with PeakMemory(device) as peak:
+            video = chain.generators[0](z, frames=unroll).float().cpu()
+        result["level1_peak_bytes"] = peak.bytes
+        result["window_peak_bytes"] = {}
+        for spec, generator in zip(chain.specs[1:], chain.generators[1:]):
+            measured = PeakPerCall(generator, device)
+            z = generator.sample_latent(num, generator=torch.Generator().manual_seed(spec.level))
+            video = sample.upsample(measured, video, z, context=spec.context,
+                                    window=spec.crop_frames // spec.time_factor)
+            result["window_peak_bytes"][str(spec.level)] = max(measured.peaks)
+    # What the generators themselves need at once: level 1's unroll or one window,
+    # whichever is larger. On a GPU this is the device memory (the videos between
+    # levels wait in host memory); on the CPU the videos add to it (peak_bytes).
+    result["generators_peak_bytes"] = max(result["level1_peak_bytes"],
+                                          *result["window_peak_bytes"].values())
+    return result
+
+
+def bench_sampling(device: torch.device, num: int, runs: str | None) -> dict:
+    results = {"source": runs or "random weights, the level scripts' default sizes (tiny preset)"}
+    for horizon in (1, 4):
+        task = {"task": "sampling", "horizon": horizon, "num": num, "runs": runs, "device": str(device)}
+        # Memory in a fresh one-thread process; the timing with it (see the README).
+        r = results[f"{horizon}x"] = run_worker(task)
+        print(f"  sampling {horizon}x: {r['frames']} frames, {r['frames_per_s']:.1f} frames/s, peak "
+              f"{mib(r['peak_bytes']):.1f} MiB (videos {mib(r['output_bytes']):.1f} MiB, level 1 "
+              f"{mib(r['level1_peak_bytes']):.1f} MiB, windows "
+              + ", ".join(f"L{l} {mib(b):.1f}" for l, b in r["window_peak_bytes"].items()) + " MiB)",
+              flush=True)
+    one, four = results["1x"], results["4x"]
+    results["ratio_4x_1x"] = {
+        "peak": four["peak_bytes"] / one["peak_bytes"],
+        "generators": four["generators_peak_bytes"] / one["generators_peak_bytes"],
+        "level1": four["level1_peak_bytes"] / one["level1_peak_bytes"],
+        "windows": {l: four["window_peak_bytes"][l] / one["window_peak_bytes"][l]
+                    for l in one["window_peak_bytes"]}}
+    return results
+
+
+# ----------------------------------------------------------------------------------
+# Tables and the command line.
+# ----------------------------------------------------------------------------------
+
+def mib(n: float) -> float:
+    return n / 2**20
+
+
+def print_tables(results: dict) -> None:
+    if "memory" in results:
+        m = results["memory"]
+        lengths = list(m["level1"].keys())
+        print("\nPeak memory of one training step (MiB) vs output frames")
+        print(f"{'model':10s}" + "".join(f"{l:>10s}" for l in lengths) + f"{'growth':>10s}")
+        for kind in KINDS:
+            print(f"{kind:10s}" + "".join(f"{mib(m[kind][l]):10.1f}" for l in lengths)
+                  + f"{m['growth'][kind]:9.2f}x")
+        s = m["settings"]
+        print(f"(level1 at {s['low_size']}px; upsample: {s['low_size']}->{s['high_size']}px, "
+              f"crops of {s['crop_frames']} frames + {s['context']} context; baseline at "
+              f"{s['high_size']}px; batch {s['batch']}, width {s['ch']})")
+        ok_up, ok_base = m["growth"]["upsample"] <= 1.05, m["growth"]["baseline"] >= 4
+        print(f"upsampling level grows <= 5%: {'yes' if ok_up else 'NO'}; "
+              f"baseline grows >= 4x: {'yes' if ok_base else 'NO'}")
+    if "throughput" in results:
+        t = results["throughput"]
+        print(f"\nTraining throughput ({t['preset']} preset, default models, amp {t['amp']}, "
+              f"{t['threads']} threads{', spectral norm cached' if t['sn_cache'] else ''}); peak "
+              + ", ".join(
+                  f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in t["peak_flops"].items()))
+        print(f"{'level':>6s}{'batch':>7s}{'s/iter':>9s}{'clips/s':>9s}{'GFLOP/iter':>12s}"
+              f"{'GFLOP/s':>9s}{'MFU':>8s}")
+        for level, r in t["levels"].items():
+            print(f"{level:>6s}{r['batch']:7d}{r['seconds_per_iteration']:9.3f}{r['clips_per_s']:9.1f}"
+                  f"{r['flops_per_iteration'] / 1e9:12.2f}{r['achieved_flops'] / 1e9:9.2f}"
+                  f"{100 * r['mfu']:7.1f}%")
+    if "sampling" in results:
+        s = results["sampling"]
+        print(f"\nSampling ({s['source']})")
+        print(f"{'horizon':>8s}{'frames':>8s}{'frames/s':>10s}{'peak MiB':>10s}{'videos':>9s}"
+              f"{'level 1':>9s}  windows (MiB)")
+        for horizon in ("1x", "4x"):
+            r = s[horizon]
+            print(f"{horizon:>8s}{r['frames']:8d}{r['frames_per_s']:10.1f}{mib(r['peak_bytes']):10.1f}"
+                  f"{mib(r['output_bytes']):9.1f}{mib(r['level1_peak_bytes']):9.1f}  "
+                  + ", ".join(f"level {l}: {mib(b):.1f}" for l, b in r["window_peak_bytes"].items()))
+        ratio = s["ratio_4x_1x"]
+        print(f"4x / 1x: whole pipeline {ratio['peak']:.2f}x, level 1 {ratio['level1']:.2f}x, windows "
+              + ", ".join(f"level {l} {r:.2f}x" for l, r in ratio["windows"].items())
+              + f"; windows within 10%: {'yes' if all(r <= 1.10 for r in ratio['windows'].values()) else 'NO'}")
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in cpuinfo
+                               if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", help="write all results to this JSON file")
+    parser.add_argument("--quick", action="store_true", help="reduced sizes: a few minutes on 2 CPU cores")
+    parser.add_argument("--only", choices=["memory", "throughput", "sampling"], action="append",
+                        help="run only this part (repeatable)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--runs", help="sample from these trained checkpoints (runs/<preset>) "
+                                       "instead of random weights")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for the throughput part (1: see the README; on a "
+                             "shared CPU more threads that wait on each other are far slower)")
+    parser.add_argument("--sn-cache", action="store_true",
+                        help="throughput with spectral-norm weights cached per update (see train_step)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)   # internal: one measurement
+    args = parser.parse_args(argv)
+    if args.worker:
+        task = json.loads(args.worker)
+        kind = task.pop("task")
+        workers = {"memory": memory_worker, "throughput": throughput_worker,
+                   "sampling": sampling_worker}
+        answer = workers[kind](**task)
+        print(json.dumps(answer))
+        return
+
+    device = resolve_device(args.device)
+    if device.type == "cpu" and not Path("/proc/self/status").exists():
+        raise UserError("measuring CPU memory needs Linux's /proc; run on Linux or with --device cuda")
+    if args.json:
+        # Fail now, not after the measurements, if the file cannot be written.
+        try:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).touch()
+        except OSError as error:
+            raise UserError(f"cannot write --json {args.json} ({error.strerror or error})") from error
+    parts = args.only or ["memory", "throughput", "sampling"]
+    results = {"machine": machine_info(device), "quick": args.quick}
+    print(f"bench on {device} ({results['machine'].get('gpu') or results['machine'].get('cpu', 'cpu')}, "
+          f"{results['machine']['threads']} threads){' --quick' if args.quick else ''}", flush=True)
+    if "memory" in parts:
+        results["memory"] = bench_memory(QUICK_MEMORY if args.quick else MemorySettings(), device)
+    if "throughput" in parts:
+        results["throughput"] = bench_throughput(device, 3 if args.quick else 7, args.threads,
+                                                 args.sn_cache)
+    if "sampling" in parts:
+        results["sampling"] = bench_sampling(device, num=4 if args.quick else 8, runs=args.runs)
+    print_tables(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,37 @@
+"""What bench.py's measurements can be trusted for: its memory probe sees an
+allocation of known size, and (the paper's Fig. 5 in miniature) an upsampling
+level trained on partial views needs the same memory per training step whatever
+the length of its videos, while a single GAN for the whole video needs more and
+more.
+
+    python -m pytest -q tests/test_bench.py
+"""
+
+import torch
+
+import bench
+
+
+def test_peak_memory_sees_an_allocation_of_known_size():
+    device = torch.device("cpu")
+    with bench.PeakMemory(device) as peak:
+        block = torch.ones(16 * 2**20 // 4)        # 16 MiB, touched, then freed
+        del block
+    assert 15 * 2**20 <= peak.bytes <= 20 * 2**20
+    with bench.PeakMemory(device) as nothing:
+        pass
+    assert nothing.bytes < 2 * 2**20
+
+
+def test_partial_views_keep_a_training_step_flat_while_the_whole_video_grows():
+    settings = {"low_size": 16, "high_size": 32, "ch": 4, "batch": 1}
+    peak = {}
+    for kind in ("upsample", "baseline"):
+        for frames in (16, 64):
+            task = {"task": "memory", "kind": kind, "frames": frames, "settings": settings,
+                    "device": "cpu"}
+            peak[kind, frames] = bench.run_worker(task)["bytes"]
+    # 4x longer videos: the upsampling level's step is the same (a few % of noise) ...
+    assert abs(peak["upsample", 64] / peak["upsample", 16] - 1) < 0.10
+    # ... the single GAN's grows with the length (about linearly).
+    assert peak["baseline", 64] > 2.5 * peak["baseline", 16]
