@@ -250,12 +250,13 @@ class Chores:
         self.seen += seen
         if self.dist.is_main:
             self.progress.update(1)
-            if step % cfg.log_every == 0 or last:
+            evaluate_now = self.evaluate is not None and step % cfg.eval_every == 0
+            if step % cfg.log_every == 0 or last or evaluate_now:
                 elapsed, self.tick = time.time() - self.tick, time.time()
                 record = {"step": step, "loss_d": loss_d.item(), "loss_g": loss_g.item(),
                           f"{self.unit}_per_s": self.seen / max(elapsed, 1e-9)}
                 self.seen = 0
-                if self.evaluate is not None and step % cfg.eval_every == 0:
+                if evaluate_now:   # FVD (and FID, IS) of the EMA generator: metrics.FVDEvaluator
                     record.update(self.evaluate(step))
                 append_jsonl(self.out / "log.jsonl", record)
                 self.progress.set_postfix(loss_d=f"{record['loss_d']:.3f}", loss_g=f"{record['loss_g']:.3f}",

@@ -450,3 +450,22 @@ def test_command_line_samples_from_checkpoints_against_a_data_py_dataset(tmp_pat
     assert result["real"]["kind"] == "dataset" and result["num_real"] == 4
     assert result["real"]["preset"] == "tiny" and result["real"]["level"] == 1
     assert result["fvd"] > 0
+
+
+def test_eval_every_logs_fvd_and_keeps_the_best_checkpoint(i3d_file, tmp_path):
+    """`level1.py --eval-every N --i3d PATH`: FVD lands in log.jsonl at every N-th
+    step and ckpt_best.pt is the checkpoint of the best one."""
+    import level1
+    from conftest import run_script
+
+    out = tmp_path / "run"
+    flags = ["--g-ch", "8", "--d-ch", "8", "--z-dim", "16", "--batch-size", "4", "--num-samples", "2",
+             "--device", "cpu", "--steps", "2", "--log-every", "5", "--eval-every", "1",
+             "--eval-videos", "4", "--i3d", str(i3d_file), "--out", str(out)]
+    assert run_script(level1.main, flags) == 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]          # eval steps are logged even off log_every
+    assert all(math.isfinite(r["fvd"]) for r in records)
+    best = json.loads((out / "ckpt_best.json").read_text())
+    assert best["fvd"] == min(r["fvd"] for r in records)
+    assert (out / "ckpt_best.pt").is_file()
