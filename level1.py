@@ -41,7 +41,8 @@ from training import (autocast, check_architecture, check_finite, checkpoint_sta
                       per_rank_batch, prepare_out_dir, resolve_amp, restore_checkpoint,
                       run_main, save_checkpoint, seed_everything,
                       set_aside_previous_checkpoint, setup_distributed,
-                      standing_statistics, step_seed, unwrap, update_ema, write_samples)
+                      standing_statistics, step_seed, TrainConfig, unwrap, update_ema,
+                      write_samples)
 
 
 # ----------------------------------------------------------------------------------
@@ -49,48 +50,11 @@ from training import (autocast, check_architecture, check_finite, checkpoint_sta
 # ----------------------------------------------------------------------------------
 
 @dataclass
-class Level1Config:
-    # Data.
-    data: str = option("synthetic", "dataset: synthetic, kinetics600, bdd100k, ucf101, folder or cache")
-    data_root: str | None = option(None, "folder of the dataset's videos (or of a `data.py prepare` cache)")
-    preset: str = option("tiny", "shape table of the hierarchy (see data.PRESETS)")
-    num_workers: int = option(0, "DataLoader worker processes (0: load in the training process)")
-    # Run.
+class Level1Config(TrainConfig):
+    """Level 1's flags: those of training.TrainConfig (data, run, model widths,
+    optimisation), with level 1's defaults: 900 steps of 16 clips."""
     out: str | None = option(None, "run folder (default: runs/<preset>/level1)")
     steps: int = option(900, "generator steps to train for (the run stops at this step)")
-    batch_size: int = option(16, "global batch size (split across torchrun processes)")
-    device: str = option("auto", "auto, cpu or cuda")
-    seed: int = option(0, "seed of data order, initialisation and noise")
-    log_every: int = option(20, "steps between log.jsonl lines")
-    sample_every: int = option(300, "steps between sample videos (0: only at the end)")
-    ckpt_every: int = option(300, "steps between checkpoints (always one at the end)")
-    resume: bool = option(True, "resume from <out>/ckpt.pt when it exists")
-    amp: str = option("auto", "mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16, off",
-                      choices=["auto", "bf16", "fp16", "off"])
-    compile: bool = option(False, "torch.compile the generator and discriminators")
-    num_samples: int = option(16, "videos in each sample grid")
-    eval_every: int = option(0, "steps between FVD evaluations (needs --i3d; 0: off)")
-    i3d: str | None = option(None, "I3D weights for FVD (see metrics.py)")
-    eval_videos: int = option(256, "videos per FVD evaluation during training")
-    # Model.
-    class_conditional: bool = option(False, "condition G and D on the dataset's class labels")
-    z_dim: int = option(120, "latent size (DVD-GAN: 120)")
-    g_ch: int = option(16, "generator base width (channels at the output resolution)")
-    d_ch: int = option(16, "discriminator base width")
-    k_frames: int = option(8, "frames the spatial discriminator scores per clip (DVD-GAN: 8)")
-    # Optimisation. The defaults are sized for a short CPU run of the tiny preset:
-    # beta1 = 0.5 and equal learning rates learn visibly faster in 900 steps than
-    # DVD-GAN's long-run settings (G 1e-4, D 5e-4, beta1 0, EMA 0.9999 after 20k
-    # steps), which the README gives for Kinetics-600.
-    g_lr: float = option(5e-4, "generator Adam learning rate (DVD-GAN: 1e-4)")
-    d_lr: float = option(5e-4, "discriminator Adam learning rate (DVD-GAN: 5e-4)")
-    beta1: float = option(0.5, "Adam beta1 (BigGAN, DVD-GAN: 0)")
-    beta2: float = option(0.999, "Adam beta2")
-    d_steps: int = option(2, "discriminator steps per generator step (DVD-GAN: 2)")
-    ema_decay: float = option(0.995, "EMA decay of G's weights (DVD-GAN: 0.9999 on long runs)")
-    ema_start: int = option(100, "steps before the EMA starts averaging (it copies G until then)")
-    spatial_weight: float = option(1.0, "weight of the spatial discriminator's loss")
-    temporal_weight: float = option(1.0, "weight of the temporal discriminator's loss")
 
 
 # These fields decide the shapes of the weights: resuming with others is an error.

@@ -50,7 +50,8 @@ from training import (autocast, check_architecture, check_finite, checkpoint_sta
                       per_rank_batch, prepare_out_dir, resolve_amp, restore_checkpoint,
                       run_main, save_checkpoint, seed_everything,
                       set_aside_previous_checkpoint, setup_distributed,
-                      standing_statistics, step_seed, unwrap, update_ema, write_samples)
+                      standing_statistics, step_seed, TrainConfig, unwrap, update_ema,
+                      write_samples)
 
 
 # ----------------------------------------------------------------------------------
@@ -58,60 +59,37 @@ from training import (autocast, check_architecture, check_finite, checkpoint_sta
 # ----------------------------------------------------------------------------------
 
 @dataclass
-class UpsampleConfig:
+class UpsampleConfig(TrainConfig):
+    """An upsampling level's flags: training.TrainConfig's (data, run, model widths,
+    optimisation) with this level's defaults, plus the level, its partial view and
+    the matching discriminator."""
     level: int = option(2, "which level of the hierarchy to train (2, 3, ...)")
-    # Data.
-    data: str = option("synthetic", "dataset: synthetic, kinetics600, bdd100k, ucf101, folder or cache")
-    data_root: str | None = option(None, "folder of the dataset's videos (or of a `data.py prepare` cache)")
-    preset: str = option("tiny", "shape table of the hierarchy (see data.PRESETS)")
-    num_workers: int = option(0, "DataLoader worker processes (0: load in the training process)")
     # Partial views (defaults: the preset's table).
     crop_frames: int | None = option(None, "output frames per training crop (default: the preset's)")
     context: int | None = option(None, "condition frames of temporal context on each side (default: the preset's)")
+    crop_size: int | None = option(None, "spatial crop of the output in pixels (default: the preset's, "
+                                         "set for the largest level; 0: whole frames)")
     cond_from: str | None = option(None, "run folder of the trained previous level (e.g. runs/tiny/level1): "
                                          "half of G's conditions are then its samples, not real data")
     cond_bank: int = option(64, "previous-level videos sampled once for --cond-from")
-    crop_size: int | None = option(None, "spatial crop of the output in pixels (default: the preset's, "
-                                         "set for the largest level; 0: whole frames)")
-    # Run.
-    out: str | None = option(None, "run folder (default: runs/<preset>/level<N>)")
-    steps: int = option(800, "generator steps to train for (the run stops at this step)")
-    batch_size: int = option(4, "global batch size (split across torchrun processes)")
-    device: str = option("auto", "auto, cpu or cuda")
-    seed: int = option(0, "seed of data order, initialisation and noise")
-    log_every: int = option(20, "steps between log.jsonl lines")
-    sample_every: int = option(400, "steps between sample videos (0: only at the end)")
-    ckpt_every: int = option(200, "steps between checkpoints (always one at the end)")
-    resume: bool = option(True, "resume from <out>/ckpt.pt when it exists")
-    amp: str = option("auto", "mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16, off",
-                      choices=["auto", "bf16", "fp16", "off"])
-    compile: bool = option(False, "torch.compile the generator and discriminators")
-    num_samples: int = option(4, "videos in each sample grid")
-    eval_every: int = option(0, "steps between FVD evaluations (needs --i3d; 0: off)")
-    i3d: str | None = option(None, "I3D weights for FVD (see metrics.py)")
-    eval_videos: int = option(256, "videos per FVD evaluation during training")
-    # Model.
-    class_conditional: bool = option(False, "condition G and D on the dataset's class labels")
-    z_dim: int = option(64, "latent size")
-    g_ch: int = option(16, "generator base width (channels at the output resolution)")
-    d_ch: int = option(16, "discriminator base width")
-    encoder_blocks: int = option(1, "3-D residual blocks that read the condition (each adds 2 "
-                                    "condition frames of temporal receptive field)")
-    k_frames: int = option(4, "frames the spatial discriminator scores per crop")
-    # Optimisation (sized for a short CPU run of the tiny preset; see level1.py).
-    g_lr: float = option(5e-4, "generator Adam learning rate")
-    d_lr: float = option(5e-4, "discriminator Adam learning rate")
-    beta1: float = option(0.5, "Adam beta1 (BigGAN, DVD-GAN: 0)")
-    beta2: float = option(0.999, "Adam beta2")
-    d_steps: int = option(2, "discriminator steps per generator step")
-    ema_decay: float = option(0.99, "EMA decay of G's weights")
-    ema_start: int = option(50, "steps before the EMA starts averaging (it copies G until then)")
+    # The matching discriminator.
     matching: bool = option(True, "use the matching discriminator D_M (--no-matching: ablation)")
     matching_pool: bool = option(True, "D_M sees the (condition, output) pair 2x average-pooled in "
                                        "space: the condition has no finer detail to match")
-    spatial_weight: float = option(1.0, "weight of the spatial discriminator's loss")
-    temporal_weight: float = option(1.0, "weight of the temporal discriminator's loss")
     matching_weight: float = option(1.0, "weight of the matching discriminator's loss")
+    # Model.
+    encoder_blocks: int = option(1, "3-D residual blocks that read the condition (each adds 2 "
+                                    "condition frames of temporal receptive field)")
+    # This level's defaults for TrainConfig's flags (crops are small: batch 4, 800 steps).
+    steps: int = option(800, "generator steps to train for (the run stops at this step)")
+    batch_size: int = option(4, "global batch size (split across torchrun processes)")
+    sample_every: int = option(400, "steps between sample videos (0: only at the end)")
+    ckpt_every: int = option(200, "steps between checkpoints (always one at the end)")
+    num_samples: int = option(4, "videos in each sample grid")
+    z_dim: int = option(64, "latent size")
+    k_frames: int = option(4, "frames the spatial discriminator scores per crop")
+    ema_decay: float = option(0.99, "EMA decay of G's weights")
+    ema_start: int = option(50, "steps before the EMA starts averaging (it copies G until then)")
 
 
 ARCHITECTURE_FIELDS = ("preset", "level", "class_conditional", "z_dim", "g_ch", "d_ch",
