@@ -167,8 +167,9 @@ def synchronize(device: torch.device) -> None:
 class GAN:
     """What a training step needs: the models, a real batch and how to call them.
 
-    make_fake(z) -> fake video; scores(video) -> {discriminator name: (B,) scores}.
-    For an upsampling level both close over the batch's condition (partial view).
+    make_fake(z) -> fake video; scores(video, frozen) -> {discriminator name: (B,)
+    scores}, frozen=True in the G update. For an upsampling level both close over
+    the batch's condition (partial view).
     """
     generator: nn.Module
     discriminators: dict
@@ -223,7 +224,8 @@ def train_step(gan: GAN, d_steps: int | None = None) -> None:
     z = torch.randn(gan.batch, gan.z_dim, device=device)
     with cache():
         with autocast(device, gan.amp_dtype):
-            loss_g = sum(hinge_g_loss(s) for s in gan.scores(gan.make_fake(z)).values())
+            fake_scores = gan.scores(gan.make_fake(z), frozen=True)
+            loss_g = sum(hinge_g_loss(s) for s in fake_scores.values())
         gan.g_opt.zero_grad(set_to_none=True)
         loss_g.backward()
     gan.g_opt.step()
@@ -231,23 +233,32 @@ def train_step(gan: GAN, d_steps: int | None = None) -> None:
         p.requires_grad_(True)
 
 
+def compiled(module: nn.Module, compile: bool):
+    """torch.compile(module) when asked (--compile), else the module itself."""
+    return torch.compile(module) if compile else module
+
+
 def level1_gan(frames: int, size: int, batch: int, g_ch: int, d_ch: int, z_dim: int,
-               k_frames: int, device, d_steps: int = 2, amp_dtype=None) -> GAN:
+               k_frames: int, device, d_steps: int = 2, amp_dtype=None, compile=False) -> GAN:
     """Level 1 (or, at full resolution and length, the non-hierarchical baseline):
-    G(z) -> (B, 3, frames, size, size), judged by D_S and D_T, as level1.main builds them."""
+    G(z) -> (B, 3, frames, size, size), judged by D_S and D_T, as level1.main builds them.
+    compile: as level1.py --compile: G and each D compiled, but the G update calls
+    the plain discriminators (the script's training.unwrap strips the compiled wrapper)."""
     torch.manual_seed(0)
     generator = level1.Level1Generator(frames, size, z_dim, g_ch).to(device)
     discriminators = {"spatial": SpatialDiscriminator(3, d_ch, size, k_frames).to(device),
                       "temporal": TemporalDiscriminator(3, d_ch, size).to(device)}
     real = torch.rand(batch, 3, frames, size, size, device=device) * 2 - 1
+    run = {name: compiled(d, compile) for name, d in discriminators.items()}
 
-    def scores(video):
-        return {name: d(video) for name, d in discriminators.items()}
+    def scores(video, frozen=False):
+        return {name: (discriminators if frozen else run)[name](video) for name in discriminators}
 
-    return GAN(generator, discriminators, real, generator, scores, z_dim, d_steps, amp_dtype)
+    return GAN(generator, discriminators, real, compiled(generator, compile), scores, z_dim,
+               d_steps, amp_dtype)
 
 
-def upsample_gan(cfg: upsample_level.UpsampleConfig, device, amp_dtype=None) -> GAN:
+def upsample_gan(cfg: upsample_level.UpsampleConfig, device, amp_dtype=None, compile=False) -> GAN:
     """An upsampling level as upsample_level.main builds it, with one batch of partial
     views cut by data.level_example from random full-length videos of the level.
 
@@ -276,15 +287,17 @@ def upsample_gan(cfg: upsample_level.UpsampleConfig, device, amp_dtype=None) -> 
     condition = torch.stack([e["condition"] for e in examples]).to(device)  # (B, 3, crop/tf+2K, h, w)
     del examples, video
 
-    def make_fake(z):
-        return generator(condition, z, context=context)
+    run_generator = compiled(generator, compile)
+    run = {name: compiled(d, compile) for name, d in discriminators.items()}
 
-    def scores(video):
-        result = {"spatial": discriminators["spatial"](video),
-                  "temporal": discriminators["temporal"](video)}
-        if "matching" in discriminators:
-            result["matching"] = discriminators["matching"](
-                upsample_level.matching_condition(condition, context), video)
+    def make_fake(z):
+        return run_generator(condition, z, context=context)
+
+    def scores(video, frozen=False):
+        ds = discriminators if frozen else run            # see level1_gan
+        result = {"spatial": ds["spatial"](video), "temporal": ds["temporal"](video)}
+        if "matching" in ds:
+            result["matching"] = ds["matching"](upsample_level.matching_condition(condition, context), video)
         return result
 
     return GAN(generator, discriminators, real, make_fake, scores, cfg.z_dim, cfg.d_steps, amp_dtype)
@@ -307,7 +320,7 @@ class MemorySettings:
     context: int = 2                     # ... and its context, in condition frames each side
 
 
-QUICK_MEMORY = MemorySettings(low_size=16, high_size=32, ch=8)   # same lengths, smaller frames
+QUICK_MEMORY = MemorySettings(low_size=16, high_size=32)   # same lengths, smaller frames
 KINDS = ("level1", "upsample", "baseline")
 
 
@@ -424,23 +437,24 @@ def time_steps(gan: GAN, iterations: int) -> list[float]:
     return times
 
 
-def training_gans(preset: str, device, amp_dtype):
+def training_gans(preset: str, device, amp_dtype, compile=False):
     """{level: GAN} with the level scripts' default models and batch sizes."""
     gans = {}
     cfg1 = level1.Level1Config(preset=preset)
     spec = level_spec(preset, 1)
     gans[1] = level1_gan(spec.frames, spec.size, cfg1.batch_size, cfg1.g_ch, cfg1.d_ch, cfg1.z_dim,
-                         cfg1.k_frames, device, cfg1.d_steps, amp_dtype)
+                         cfg1.k_frames, device, cfg1.d_steps, amp_dtype, compile)
     for level in range(2, data.num_levels(preset) + 1):
         gans[level] = upsample_gan(upsample_level.UpsampleConfig(level=level, preset=preset),
-                                   device, amp_dtype)
+                                   device, amp_dtype, compile)
     return gans
 
 
 def throughput_worker(device: str, iterations: int, threads: int, sn_cache: bool,
-                      preset: str = "tiny") -> dict:
+                      compile: bool, preset: str = "tiny") -> dict:
     """Runs in a fresh process with `threads` threads: peak FLOP/s, then each level's
-    iteration time and FLOPs."""
+    iteration time and FLOPs (counted in eager mode: compiling changes how, not what,
+    is computed)."""
     device = resolve_device(device)
     torch.set_num_threads(threads)
     amp_dtype = resolve_amp("auto", device)           # what the level scripts use by default
@@ -449,11 +463,18 @@ def throughput_worker(device: str, iterations: int, threads: int, sn_cache: bool
         peaks["bfloat16"] = matmul_peak(device, torch.bfloat16, 8192)
     step_dtype = "bfloat16" if amp_dtype == torch.bfloat16 else "float32"
     results = {"preset": preset, "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
-               "threads": torch.get_num_threads(), "sn_cache": sn_cache, "peak_flops": peaks,
+               "threads": torch.get_num_threads(), "sn_cache": sn_cache, "compile": compile,
+               "peak_flops": peaks,
                "mfu_against": step_dtype, "levels": {}}
     for level, gan in training_gans(preset, device, amp_dtype).items():
-        gan.sn_cache = sn_cache
         flops = step_flops(gan)
+        compile_seconds = None
+        if compile:
+            gan = training_gans(preset, device, amp_dtype, compile=True)[level]
+            start = time.perf_counter()
+            train_step(gan)               # compiles (the next iterations reuse the code)
+            compile_seconds = time.perf_counter() - start
+        gan.sn_cache = sn_cache
         times = time_steps(gan, iterations)
         # The median: other processes on a shared machine slow some iterations down.
         seconds = statistics.median(times)
@@ -462,19 +483,22 @@ def throughput_worker(device: str, iterations: int, threads: int, sn_cache: bool
         clips = gan.batch * (gan.d_steps + 1)
         results["levels"][str(level)] = {
             "batch": gan.batch, "d_steps": gan.d_steps, "seconds_per_iteration": seconds,
-            "seconds_each": times,
+            "seconds_each": times, "compile_seconds": compile_seconds,
             "clips_per_s": clips / seconds, "flops_per_iteration": flops,
             "achieved_flops": flops / seconds, "mfu": flops / seconds / peaks[step_dtype]}
     return results
 
 
-def bench_throughput(device: torch.device, iterations: int, threads: int, sn_cache: bool) -> dict:
+def bench_throughput(device: torch.device, iterations: int, threads: int, sn_cache: bool,
+                     compile: bool) -> dict:
     task = {"task": "throughput", "device": str(device), "iterations": iterations,
-            "threads": threads, "sn_cache": sn_cache}
+            "threads": threads, "sn_cache": sn_cache, "compile": compile}
     results = run_worker(task, threads=threads)
     for level, r in results["levels"].items():
+        compiling = (f" (after {r['compile_seconds']:.0f} s compiling)"
+                     if r["compile_seconds"] is not None else "")
         print(f"  training level {level}: {r['seconds_per_iteration']:.3f} s/iteration, "
-              f"{r['clips_per_s']:.1f} clips/s, MFU {100 * r['mfu']:.1f}%", flush=True)
+              f"{r['clips_per_s']:.1f} clips/s, MFU {100 * r['mfu']:.1f}%{compiling}", flush=True)
     return results
 
 
@@ -601,7 +625,8 @@ def print_tables(results: dict) -> None:
     if "throughput" in results:
         t = results["throughput"]
         print(f"\nTraining throughput ({t['preset']} preset, default models, amp {t['amp']}, "
-              f"{t['threads']} threads{', spectral norm cached' if t['sn_cache'] else ''}); peak "
+              f"{t['threads']} threads{', spectral norm cached' if t['sn_cache'] else ''}"
+              f"{', compiled' if t['compile'] else ''}); peak "
               + ", ".join(
                   f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in t["peak_flops"].items()))
         print(f"{'level':>6s}{'batch':>7s}{'s/iter':>9s}{'clips/s':>9s}{'GFLOP/iter':>12s}"
@@ -629,8 +654,9 @@ def print_tables(results: dict) -> None:
 
 
 def machine_info(device: torch.device) -> dict:
-    info = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
+    # The load average says how busy the machine was: other processes slow timings down.
+    info = {"device": str(device), "torch": torch.__version__, "cpu_count": os.cpu_count(),
+            "load_average": os.getloadavg()}
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             info["cpu"] = next(line.split(":", 1)[1].strip() for line in cpuinfo
@@ -657,6 +683,10 @@ def main(argv=None) -> None:
                              "shared CPU more threads that wait on each other are far slower)")
     parser.add_argument("--sn-cache", action="store_true",
                         help="throughput with spectral-norm weights cached per update (see train_step)")
+    parser.add_argument("--compile", action="store_true",
+                        help="throughput with torch.compile, as the level scripts' --compile "
+                             "(the first iteration compiles: minutes on a CPU, seconds once "
+                             "Inductor's cache in /tmp holds the code)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)   # internal: one measurement
     args = parser.parse_args(argv)
     if args.worker:
@@ -681,12 +711,13 @@ def main(argv=None) -> None:
     parts = args.only or ["memory", "throughput", "sampling"]
     results = {"machine": machine_info(device), "quick": args.quick}
     print(f"bench on {device} ({results['machine'].get('gpu') or results['machine'].get('cpu', 'cpu')}, "
-          f"{results['machine']['threads']} threads){' --quick' if args.quick else ''}", flush=True)
+          f"{os.cpu_count()} cores; measurements in one-thread processes, throughput with "
+          f"{args.threads}){' --quick' if args.quick else ''}", flush=True)
     if "memory" in parts:
         results["memory"] = bench_memory(QUICK_MEMORY if args.quick else MemorySettings(), device)
     if "throughput" in parts:
         results["throughput"] = bench_throughput(device, 3 if args.quick else 7, args.threads,
-                                                 args.sn_cache)
+                                                 args.sn_cache, args.compile)
     if "sampling" in parts:
         results["sampling"] = bench_sampling(device, num=4 if args.quick else 8, runs=args.runs)
     print_tables(results)
