@@ -21,9 +21,13 @@ This script measures that, and how fast the levels train and the chain samples:
   3. sampling    frames/s and peak memory of sample.py's pipeline at 1x and 4x
                  the training horizon.
 
-    python bench.py --json results.json      # full run (about 15 minutes on 2 CPU cores)
-    python bench.py --quick                  # reduced sizes (a few minutes)
+    python bench.py --json results.json      # full run (about 7 minutes on 2 CPU cores)
+    python bench.py --quick                  # smaller frames (about 3 minutes)
     python bench.py --only memory            # one part: memory, throughput or sampling
+    python bench.py --only throughput --compile    # the level scripts' --compile path
+    python bench.py --only throughput --sn-cache   # spectral norm computed once per update
+    python bench.py --only throughput --threads 2  # (default 1: see the README)
+    python bench.py --device cuda --json results_gpu.json
 
 Output: a table per part on stdout and, with --json, one file:
     {"memory": {"level1": {"16": bytes, "32": ...}, "upsample": {...}, "baseline": {...},
@@ -45,6 +49,8 @@ of the step itself):
     mapping, returned to the system when it is freed, and RSS follows the memory in
     use. (Where clear_refs is not writable, a thread samples VmRSS every 0.2 ms.)
     The workers use one thread (OMP_NUM_THREADS=1), which changes speed, not memory.
+    Timings run in other processes, without that malloc setting (it slows
+    allocation down, ~2x for a training step).
 """
 
 from __future__ import annotations
