@@ -374,6 +374,8 @@ def run_worker(task: dict, threads: int = 1, memory: bool = False, timeout: int 
     result = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--worker", json.dumps(task)],
                             env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                             check=False)
+    if result.returncode == 2:        # a UserError in the worker: pass its message on
+        raise UserError(result.stderr.strip().splitlines()[-1].removeprefix("error: "))
     if result.returncode != 0:
         raise RuntimeError(f"bench worker {task} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -715,6 +717,8 @@ def main(argv=None) -> None:
         except OSError as error:
             raise UserError(f"cannot write --json {args.json} ({error.strerror or error})") from error
     parts = args.only or ["memory", "throughput", "sampling"]
+    if args.runs and "sampling" in parts:
+        sample.load_chain(runs=args.runs, device="cpu")    # a bad --runs fails now, with its message
     results = {"machine": machine_info(device), "quick": args.quick}
     print(f"bench on {device} ({results['machine'].get('gpu') or results['machine'].get('cpu', 'cpu')}, "
           f"{os.cpu_count()} cores; measurements in one-thread processes, throughput with "
