@@ -42,7 +42,7 @@ from training import (autocast, check_architecture, check_finite, checkpoint_sta
                       run_main, save_checkpoint, seed_everything,
                       set_aside_previous_checkpoint, setup_distributed,
                       standing_statistics, step_seed, TrainConfig, unwrap, update_ema,
-                      write_samples)
+                      wrap_ddp, write_samples)
 
 
 # ----------------------------------------------------------------------------------
@@ -253,10 +253,8 @@ def main(argv=None) -> None:
 
     # Several GPUs: synchronised batch norm in G, gradients averaged by DDP.
     if dist.world_size > 1:
-        if device.type == "cuda":   # SyncBatchNorm needs GPUs; on CPU (gloo) each rank normalises alone
-            generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
-        ddp = lambda m: nn.parallel.DistributedDataParallel(m, device_ids=[device] if device.type == "cuda" else None)
-        generator, spatial_d, temporal_d = ddp(generator), ddp(spatial_d), ddp(temporal_d)
+        generator = wrap_ddp(generator, device, sync_batch_norm=True)
+        spatial_d, temporal_d = wrap_ddp(spatial_d, device), wrap_ddp(temporal_d, device)
         models.update(generator=generator, spatial=spatial_d, temporal=temporal_d)
     if cfg.compile:
         generator, spatial_d, temporal_d = (torch.compile(m) for m in (generator, spatial_d, temporal_d))

@@ -334,6 +334,19 @@ class Chores:
         cleanup_distributed()
 
 
+def wrap_ddp(module: torch.nn.Module, device: torch.device,
+             sync_batch_norm: bool = False) -> torch.nn.Module:
+    """DistributedDataParallel around `module`: gradients averaged across ranks.
+
+    sync_batch_norm: batch statistics over the global batch (the generators). It
+    needs GPUs; on CPU (gloo, the tests) each rank normalises its own slice.
+    """
+    if sync_batch_norm and device.type == "cuda":
+        module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return torch.nn.parallel.DistributedDataParallel(
+        module, device_ids=[device] if device.type == "cuda" else None)
+
+
 def cleanup_distributed() -> None:
     if torch_dist.is_initialized():
         torch_dist.destroy_process_group()

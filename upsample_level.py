@@ -44,14 +44,14 @@ from data import (LevelDataset, UserError, down, level_spec, make_dataset, make_
                   num_levels, pad_condition, video_grid)
 from discriminators import (MatchingDiscriminator, SpatialDiscriminator, TemporalDiscriminator,
                             hinge_d_loss, hinge_g_loss, orthogonal_init, sn_conv2d, sn_conv3d)
-from level1 import ConditionalBatchNorm, UpBlock
+from level1 import ConditionalBatchNorm, Level1Generator, UpBlock
 from training import (autocast, check_architecture, check_finite, checkpoint_state, Chores,
                       load_checkpoint, make_grad_scaler, option, parse_config,
                       per_rank_batch, prepare_out_dir, resolve_amp, restore_checkpoint,
                       run_main, save_checkpoint, seed_everything,
                       set_aside_previous_checkpoint, setup_distributed,
                       standing_statistics, step_seed, TrainConfig, unwrap, update_ema,
-                      write_samples)
+                      wrap_ddp, write_samples)
 
 
 # ----------------------------------------------------------------------------------
@@ -200,14 +200,8 @@ class UpsampleGenerator(nn.Module):
         """R: output frame j*tf + r depends on condition frames j-R .. j+R (see class doc)."""
         return max(2 * self.encoder_blocks, 1)
 
-    def sample_latent(self, n: int, truncation: float | None = None,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
-        """z ~ N(0, I), or the truncated normal (resample |z| > truncation: BigGAN)."""
-        z = torch.randn(n, self.z_dim, generator=generator)
-        if truncation is not None:
-            while (bad := z.abs() > truncation).any():
-                z[bad] = torch.randn(int(bad.sum()), generator=generator)
-        return z.to(next(self.parameters()).device)
+    # z ~ N(0, I) or the truncated normal: the same as level 1's (it only needs z_dim).
+    sample_latent = Level1Generator.sample_latent
 
     def forward(self, condition: torch.Tensor, z: torch.Tensor,
                 labels: torch.Tensor | None = None, context: int = 0) -> torch.Tensor:
@@ -390,12 +384,9 @@ def main(argv=None) -> None:
         if dist.is_main:
             print(f"resumed from {ckpt_path} at step {step}")
 
-    if dist.world_size > 1:
-        if device.type == "cuda":   # SyncBatchNorm needs GPUs; on CPU (gloo) each rank normalises alone
-            generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
-        ddp = lambda m: nn.parallel.DistributedDataParallel(m, device_ids=[device] if device.type == "cuda" else None)
-        generator = ddp(generator)
-        discriminators = {name: ddp(d) for name, d in discriminators.items()}
+    if dist.world_size > 1:   # several GPUs: see level1.py and training.wrap_ddp
+        generator = wrap_ddp(generator, device, sync_batch_norm=True)
+        discriminators = {name: wrap_ddp(d, device) for name, d in discriminators.items()}
         models.update(generator=generator, **discriminators)
     if cfg.compile:
         generator = torch.compile(generator)
