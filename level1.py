@@ -269,8 +269,8 @@ def main(argv=None) -> None:
                      if num_classes else None)
     evaluator = None
     if cfg.eval_every and dist.is_main:
-        from metrics import FVDEvaluator   # only needed (and I3D only loaded) when asked for
-        evaluator = FVDEvaluator.for_training(cfg.i3d, base, cfg.eval_videos, device)
+        from metrics import TrainingEvaluator   # the two-sample test (+ FVD with --i3d)
+        evaluator = TrainingEvaluator(base, cfg.eval_videos, device, cfg.i3d, seed=cfg.seed)
 
     def new_latents():
         z = torch.randn(local_batch, cfg.z_dim, device=device)
@@ -287,8 +287,9 @@ def main(argv=None) -> None:
         # training.standing_statistics), before every sample grid and checkpoint.
         standing_statistics(ema_generator, lambda g: g(*new_latents()))
 
-    def save(step):
-        refresh_ema_statistics()
+    def save(step, refresh=True):
+        if refresh:
+            refresh_ema_statistics()
         save_checkpoint(ckpt_path, checkpoint_state(cfg, 1, step, num_classes, models, optimizers))
 
     def write_sample_grid(step):
@@ -297,8 +298,13 @@ def main(argv=None) -> None:
             videos = ema_generator(sample_z, sample_labels).float().cpu()   # (N, 3, T, H, W)
         write_samples(out, step, video_grid(videos), fps=4)
 
-    evaluate = None if evaluator is None else (
-        lambda step: evaluator.evaluate_generator(ema_generator, out, step, save))
+    def evaluate(step):
+        # Score the EMA generator with its standing statistics refreshed, and save
+        # exactly that model as ckpt_best.pt if it is the best so far (no second refresh).
+        refresh_ema_statistics()
+        return evaluator.evaluate_generator(ema_generator, out, step, lambda s: save(s, refresh=False))
+
+    evaluate = None if evaluator is None else evaluate
     chores = Chores(cfg, dist, out, step, "level 1", save, write_sample_grid, evaluate, unit="clips")
     with chores:   # after every step: log, samples, checkpoints, Ctrl-C (see training.Chores)
         while step < cfg.steps:

@@ -123,9 +123,10 @@ class TrainConfig:
                       choices=["auto", "bf16", "fp16", "off"])
     compile: bool = option(False, "torch.compile the generator and discriminators")
     num_samples: int = option(16, "videos in each sample grid")
-    eval_every: int = option(0, "steps between FVD evaluations (needs --i3d; 0: off)")
-    i3d: str | None = option(None, "I3D weights for FVD (see metrics.py)")
-    eval_videos: int = option(256, "videos per FVD evaluation during training")
+    eval_every: int = option(0, "steps between quality evaluations of the EMA generator: the "
+                                "two-sample accuracy (no download needed), plus FVD with --i3d (0: off)")
+    i3d: str | None = option(None, "I3D weights for FVD during training (see metrics.py; default $HVG_I3D)")
+    eval_videos: int = option(128, "real and generated clips per evaluation")
     # Model.
     class_conditional: bool = option(False, "condition G and D on the dataset's class labels")
     z_dim: int = option(120, "latent size (DVD-GAN: 120)")
@@ -308,7 +309,7 @@ class Chores:
                 record = {"step": step, "loss_d": loss_d.item(), "loss_g": loss_g.item(),
                           f"{self.unit}_per_s": self.seen / max(elapsed, 1e-9)}
                 self.seen = 0
-                if evaluate_now:   # FVD (and FID, IS) of the EMA generator: metrics.FVDEvaluator
+                if evaluate_now:   # two-sample test (and FVD) of the EMA generator: metrics.TrainingEvaluator
                     record.update(self.evaluate(step))
                 append_jsonl(self.out / "log.jsonl", record)
                 self.progress.set_postfix(loss_d=f"{record['loss_d']:.3f}", loss_g=f"{record['loss_g']:.3f}",

@@ -403,8 +403,8 @@ def main(argv=None) -> None:
     sample_z = unwrap(generator).sample_latent(cfg.num_samples, generator=sample_gen)
     evaluator = None
     if cfg.eval_every and dist.is_main:
-        from metrics import FVDEvaluator
-        evaluator = FVDEvaluator.for_training(cfg.i3d, base, cfg.eval_videos, device)
+        from metrics import TrainingEvaluator   # the two-sample test (+ FVD with --i3d)
+        evaluator = TrainingEvaluator(base, cfg.eval_videos, device, cfg.i3d, seed=cfg.seed)
     bank = previous_level_bank(cfg, context, device) if cfg.cond_from else None
     generated = local_batch // 2 if bank is not None else 0     # how many G inputs come from the bank
 
@@ -450,8 +450,9 @@ def main(argv=None) -> None:
             stats_condition, torch.randn(local_batch, cfg.z_dim, device=device), stats_labels,
             context=context))
 
-    def save(step):
-        refresh_ema_statistics()
+    def save(step, refresh=True):
+        if refresh:
+            refresh_ema_statistics()
         save_checkpoint(ckpt_path, checkpoint_state(cfg, cfg.level, step, num_classes, models, optimizers))
 
     def write_sample_grid(step):
@@ -472,8 +473,13 @@ def main(argv=None) -> None:
                              "nearest_condition": detail(nearest)}}
         paths[0].with_suffix(".json").write_text(json.dumps(report, indent=1))
 
-    evaluate = None if evaluator is None else (
-        lambda step: evaluator.evaluate_generator(ema_generator, out, step, save))
+    def evaluate(step):
+        # Score the EMA generator with its standing statistics refreshed, and save
+        # exactly that model as ckpt_best.pt if it is the best so far (no second refresh).
+        refresh_ema_statistics()
+        return evaluator.evaluate_generator(ema_generator, out, step, lambda s: save(s, refresh=False))
+
+    evaluate = None if evaluator is None else evaluate
     chores = Chores(cfg, dist, out, step, f"level {cfg.level}", save, write_sample_grid, evaluate, unit="crops")
     with chores:   # after every step: log, samples, checkpoints, Ctrl-C (see training.Chores)
         while step < cfg.steps:

@@ -392,6 +392,7 @@ def cli_args(tmp_path, i3d_file, real, fake_folder, *extra):
     return ["--real", str(real), "--fake", str(fake_folder), "--i3d", str(i3d_file),
             "--num-videos", "4", "--frames", "8", "--resize", "32", "--is-splits", "2",
             "--batch-size", "4", "--device", "cpu", "--stats-dir", str(tmp_path / "stats"),
+            "--c2st-num-videos", "4", "--c2st-seeds", "1", "--c2st-epochs", "1",
             "--out", str(tmp_path / "metrics.json"), *extra]
 
 
@@ -430,11 +431,13 @@ def test_command_line_samples_from_checkpoints_against_a_data_py_dataset(tmp_pat
     class Chain:
         preset, specs, paths, steps = "tiny", [None], [tmp_path / "level1" / "ckpt.pt"], [10]
 
-    def load_chain(runs=None, ckpts=None, device="cpu"):
+    def load_chain(runs=None, ckpts=None, device="cpu", preset=None):
         assert runs == str(tmp_path / "runs") and ckpts is None
         return Chain()
 
     def generate(chain, num, seed, batch_size=8):
+        if batch_size == 8:             # the two-sample test's clips (one call, no chunks)
+            return moving_videos(num, frames=12, size=16, seed=seed)
         calls.append((num, seed))
         return moving_videos(num, frames=12, size=16, seed=seed)     # longer than scored
 
