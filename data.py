@@ -30,6 +30,7 @@ Commands:
 """
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -531,16 +532,19 @@ def write_video(path, video, fps=8):
     suffix = path.suffix.lower()
     if suffix == ".mp4":
         # Sizes are already multiples of 16: macro_block_size=16 then resizes nothing.
-        writer = imageio.get_writer(path, format="FFMPEG", mode="I", fps=fps, codec="libx264",
-                                    pixelformat="yuv420p", macro_block_size=16,
-                                    ffmpeg_log_level="error")
-        with writer:
-            for frame in frames:
-                writer.append_data(frame)
+        def write():
+            writer = imageio.get_writer(path, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                        pixelformat="yuv420p", macro_block_size=16,
+                                        ffmpeg_log_level="error")
+            with writer:
+                for frame in frames:
+                    writer.append_data(frame)
     elif suffix == ".gif":
-        imageio.mimsave(path, list(frames), duration=1000.0 / fps, loop=0)
+        def write():
+            imageio.mimsave(path, list(frames), duration=1000.0 / fps, loop=0)
     else:
         raise UserError(f"cannot write video {str(path)!r}: use a .mp4 or .gif file name")
+    _write_once(write, path)
 
 
 def write_image(path, image):
@@ -549,7 +553,34 @@ def write_image(path, image):
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    imageio.imwrite(path, np.asarray(image, dtype=np.uint8), format="png")
+    _write_once(lambda: imageio.imwrite(path, np.asarray(image, dtype=np.uint8), format="png"), path)
+
+
+def _write_once(write, path) -> None:
+    """Run `write()`; if it fails with an OSError (a full disk), raise it once, cleanly.
+
+    imageio's Pillow writer (GIF, PNG) that failed half-way tries to flush and close
+    its file again when it is garbage-collected, fails again, and Python prints that
+    second failure as "Exception ignored in ... Traceback ..." on stderr, after the
+    script's own one-line error. So the failed writer is collected here, with that
+    report silenced, and the first failure is raised as a plain OSError. (ffmpeg
+    writing .mp4 does not report a full disk at all: the .gif written next does.)
+    """
+    failure, hook = None, sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        try:
+            write()
+        except OSError as error:
+            failure = OSError(error.errno, error.strerror or str(error), str(path))
+        if failure is not None:
+            # Leaving the except block dropped the traceback holding the failed writer;
+            # what is left of it in reference cycles goes now, silently.
+            gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    if failure is not None:
+        raise failure
 
 
 def contact_sheet(rows, size=None, pad=2):
