@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+import flags
+
 
 class UserError(Exception):
     """Something the user can fix (a path, a flag, a file). The message says what was
@@ -1099,8 +1101,14 @@ def preview(data, data_root, preset, num, out, seed=0, frame_stride=None, fps=8)
     return written + [sheet]
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> flags.ArgumentParser:
+    """`data.py prepare ...` and `data.py preview ...`; every number has its range (flags.py)."""
+    def number(flag, interval, help, zero_means=None):
+        # A numeric flag: its type refuses values outside `interval`, --help shows it.
+        return dict(type=flags.ranged(flag, int, interval, help),
+                    help=flags.ranged_help(help, interval, zero_means))
+
+    parser = flags.ArgumentParser(description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("prepare", "preview"):
         command = commands.add_parser(name)
@@ -1109,14 +1117,22 @@ def main(argv=None):
         command.add_argument("--data-root", default=None)
         command.add_argument("--preset", default="tiny", choices=list(PRESETS))
         command.add_argument("--out", required=True)
-        command.add_argument("--frame-stride", type=int, default=None,
-                             help="source frames between clip frames (default: per dataset)")
-        command.add_argument("--seed", type=int, default=0)
+        command.add_argument("--frame-stride", default=None, **number(
+            "--frame-stride", "[1, inf)", "source frames between clip frames (default: per dataset)"))
+        command.add_argument("--seed", default=0, **number("--seed", "[0, 2**32)", "seed of the clips"))
     prepare = commands.choices["prepare"]
-    prepare.add_argument("--clips-per-video", type=int, default=1)
-    prepare.add_argument("--workers", type=int, default=8, help="parallel decoders")
-    prepare.add_argument("--shard-megabytes", type=int, default=512)
-    commands.choices["preview"].add_argument("--num", type=int, default=4, help="clips per level")
+    prepare.add_argument("--clips-per-video", default=1, **number(
+        "--clips-per-video", "[1, inf)", "clips cut from each video"))
+    prepare.add_argument("--workers", default=8, **number("--workers", "[1, inf)", "parallel decoders"))
+    prepare.add_argument("--shard-megabytes", default=512, **number(
+        "--shard-megabytes", "[1, inf)", "size of each cache file"))
+    commands.choices["preview"].add_argument("--num", default=4, **number("--num", "[1, inf)",
+                                                                          "clips per level"))
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command == "prepare":

@@ -690,13 +690,13 @@ def check_finite(step: int, ckpt_path: Path, **losses: torch.Tensor) -> None:
 # Output folder, logs and samples.
 # ----------------------------------------------------------------------------------
 
-def prepare_out_dir(out: str | Path, what: str = "run") -> Path:
+def prepare_out_dir(out: str | Path) -> Path:
     """Create the run folder, hold it (see `hold_out_dir`) and check that it is
     writable, before training starts. Only rank 0 calls it."""
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        hold_out_dir(out, what)    # before anything in the folder is touched
+        hold_out_dir(out)          # before anything in the folder is touched
         (out / "samples").mkdir(exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
@@ -712,7 +712,7 @@ def prepare_out_dir(out: str | Path, what: str = "run") -> Path:
 _HELD_FOLDERS: dict[Path, int] = {}
 
 
-def hold_out_dir(out: Path, what: str = "run") -> None:
+def hold_out_dir(out: Path) -> None:
     """Hold `out` for as long as this process runs: a second run into it stops at once.
 
     Two runs into one folder (a command started twice, a scheduler's retry) would
@@ -736,7 +736,7 @@ def hold_out_dir(out: Path, what: str = "run") -> None:
         holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise UserError(
-            f"{out} is in use by another {what} (pid {holder}); wait for it to finish or "
+            f"{out} is in use by another run (pid {holder}); wait for it to finish or "
             "choose another --out") from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
