@@ -276,9 +276,11 @@ def setup_distributed(device_name: str) -> Distributed:
     these variables set; a plain `python script.py` has none and runs alone.
     Backend: NCCL between GPUs, gloo on CPU (used by the tests).
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
+    if "RANK" not in os.environ:          # not started by torchrun: a single process
         return Distributed(0, 0, 1, resolve_device(device_name))
+    # Under torchrun the group is joined even with one process, so a one-GPU torchrun
+    # job runs the same NCCL code (the stop flag's all_reduce) as an eight-GPU one.
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     device = resolve_device(device_name)
     if device.type == "cuda":
