@@ -6,8 +6,10 @@ HVG trains every level with the same kind of loop (see `level1.py` and
 around the loop that would otherwise be copied between the two scripts lives
 here, in the order a training script uses it:
 
-    cfg = parse_config(Level1Config)               # dataclass -> argparse -> dataclass
+    cfg = parse_config(Level1Config)               # dataclass -> argparse -> dataclass, ranges
+                                                   # and combinations checked (flags.py, .check())
     dist = setup_distributed(cfg.device)           # torchrun env vars -> rank, device
+    prepare_out_dir(out)                           # the run folder, held by this run (flock)
     ckpt = load_checkpoint(path, level=1, ...)     # weights_only=True, checked
     ...loop...
     update_ema(ema_g, g, decay)                    # exponential moving average of G
@@ -724,6 +726,9 @@ def hold_out_dir(out: Path) -> None:
     it ends (SIGKILL, a crash, a reboot), so a killed run never leaves a stale lock
     behind: the next run simply takes it and resumes. (flock on NFS is only as good
     as the NFS server's lock support.)
+
+    DataLoader workers (--num-workers) inherit the open lock and exit soon after
+    their parent does. Only rank 0 of a torchrun job holds the folder.
 
     Within one process holding twice is a no-op: tests run several mains in a row.
     """
