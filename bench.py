@@ -77,6 +77,7 @@ from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
 
 import data
+import flags
 import level1
 import sample
 import upsample_level
@@ -676,9 +677,10 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> flags.ArgumentParser:
+    """bench.py's command line; --threads has its range (flags.py), errors are one line."""
+    parser = flags.ArgumentParser(description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write all results to this JSON file")
     parser.add_argument("--quick", action="store_true", help="reduced sizes: a few minutes on 2 CPU cores")
     parser.add_argument("--only", choices=["memory", "throughput", "sampling"], action="append",
@@ -686,9 +688,10 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--runs", help="sample from these trained checkpoints (runs/<preset>) "
                                        "instead of random weights")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for the throughput part (1: see the README; on a "
-                             "shared CPU more threads that wait on each other are far slower)")
+    threads_help = ("torch threads for the throughput part (1: see the README; on a "
+                    "shared CPU more threads that wait on each other are far slower)")
+    parser.add_argument("--threads", type=flags.ranged("--threads", int, "[1, inf)", "torch threads"),
+                        default=1, help=flags.ranged_help(threads_help, "[1, inf)"))
     parser.add_argument("--sn-cache", action="store_true",
                         help="throughput with spectral-norm weights cached per update (see train_step)")
     parser.add_argument("--compile", action="store_true",
@@ -696,7 +699,11 @@ def main(argv=None) -> None:
                              "(the first iteration compiles: minutes on a CPU, seconds once "
                              "Inductor's cache in /tmp holds the code)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)   # internal: one measurement
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     if args.worker:
         task = json.loads(args.worker)
         kind = task.pop("task")

@@ -30,6 +30,7 @@ Commands:
 """
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -44,6 +45,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+
+import flags
 
 
 class UserError(Exception):
@@ -531,16 +534,19 @@ def write_video(path, video, fps=8):
     suffix = path.suffix.lower()
     if suffix == ".mp4":
         # Sizes are already multiples of 16: macro_block_size=16 then resizes nothing.
-        writer = imageio.get_writer(path, format="FFMPEG", mode="I", fps=fps, codec="libx264",
-                                    pixelformat="yuv420p", macro_block_size=16,
-                                    ffmpeg_log_level="error")
-        with writer:
-            for frame in frames:
-                writer.append_data(frame)
+        def write():
+            writer = imageio.get_writer(path, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                        pixelformat="yuv420p", macro_block_size=16,
+                                        ffmpeg_log_level="error")
+            with writer:
+                for frame in frames:
+                    writer.append_data(frame)
     elif suffix == ".gif":
-        imageio.mimsave(path, list(frames), duration=1000.0 / fps, loop=0)
+        def write():
+            imageio.mimsave(path, list(frames), duration=1000.0 / fps, loop=0)
     else:
         raise UserError(f"cannot write video {str(path)!r}: use a .mp4 or .gif file name")
+    _write_once(write, path)
 
 
 def write_image(path, image):
@@ -549,7 +555,34 @@ def write_image(path, image):
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    imageio.imwrite(path, np.asarray(image, dtype=np.uint8), format="png")
+    _write_once(lambda: imageio.imwrite(path, np.asarray(image, dtype=np.uint8), format="png"), path)
+
+
+def _write_once(write, path) -> None:
+    """Run `write()`; if it fails with an OSError (a full disk), raise it once, cleanly.
+
+    imageio's Pillow writer (GIF, PNG) that failed half-way tries to flush and close
+    its file again when it is garbage-collected, fails again, and Python prints that
+    second failure as "Exception ignored in ... Traceback ..." on stderr, after the
+    script's own one-line error. So the failed writer is collected here, with that
+    report silenced, and the first failure is raised as a plain OSError. (ffmpeg
+    writing .mp4 does not report a full disk at all: the .gif written next does.)
+    """
+    failure, hook = None, sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        try:
+            write()
+        except OSError as error:
+            failure = OSError(error.errno, error.strerror or str(error), str(path))
+        if failure is not None:
+            # Leaving the except block dropped the traceback holding the failed writer;
+            # what is left of it in reference cycles goes now, silently.
+            gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    if failure is not None:
+        raise failure
 
 
 def contact_sheet(rows, size=None, pad=2):
@@ -1068,8 +1101,14 @@ def preview(data, data_root, preset, num, out, seed=0, frame_stride=None, fps=8)
     return written + [sheet]
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> flags.ArgumentParser:
+    """`data.py prepare ...` and `data.py preview ...`; every number has its range (flags.py)."""
+    def number(flag, interval, help, zero_means=None):
+        # A numeric flag: its type refuses values outside `interval`, --help shows it.
+        return dict(type=flags.ranged(flag, int, interval, help),
+                    help=flags.ranged_help(help, interval, zero_means))
+
+    parser = flags.ArgumentParser(description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("prepare", "preview"):
         command = commands.add_parser(name)
@@ -1078,14 +1117,22 @@ def main(argv=None):
         command.add_argument("--data-root", default=None)
         command.add_argument("--preset", default="tiny", choices=list(PRESETS))
         command.add_argument("--out", required=True)
-        command.add_argument("--frame-stride", type=int, default=None,
-                             help="source frames between clip frames (default: per dataset)")
-        command.add_argument("--seed", type=int, default=0)
+        command.add_argument("--frame-stride", default=None, **number(
+            "--frame-stride", "[1, inf)", "source frames between clip frames (default: per dataset)"))
+        command.add_argument("--seed", default=0, **number("--seed", "[0, 2**32)", "seed of the clips"))
     prepare = commands.choices["prepare"]
-    prepare.add_argument("--clips-per-video", type=int, default=1)
-    prepare.add_argument("--workers", type=int, default=8, help="parallel decoders")
-    prepare.add_argument("--shard-megabytes", type=int, default=512)
-    commands.choices["preview"].add_argument("--num", type=int, default=4, help="clips per level")
+    prepare.add_argument("--clips-per-video", default=1, **number(
+        "--clips-per-video", "[1, inf)", "clips cut from each video"))
+    prepare.add_argument("--workers", default=8, **number("--workers", "[1, inf)", "parallel decoders"))
+    prepare.add_argument("--shard-megabytes", default=512, **number(
+        "--shard-megabytes", "[1, inf)", "size of each cache file"))
+    commands.choices["preview"].add_argument("--num", default=4, **number("--num", "[1, inf)",
+                                                                          "clips per level"))
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command == "prepare":

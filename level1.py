@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data import LevelDataset, level_spec, make_dataset, make_loader, video_grid
+from data import LevelDataset, UserError, level_spec, make_dataset, make_loader, video_grid
 from discriminators import (SpatialDiscriminator, TemporalDiscriminator, hinge_d_loss,
                             hinge_g_loss, orthogonal_init, sn_conv2d, sn_linear)
 from training import (autocast, check_architecture, check_finite, checkpoint_state, Chores,
@@ -54,7 +54,16 @@ class Level1Config(TrainConfig):
     """Level 1's flags: those of training.TrainConfig (data, run, model widths,
     optimisation), with level 1's defaults: 900 steps of 16 clips."""
     out: str | None = option(None, "run folder (default: runs/<preset>/level1)")
-    steps: int = option(900, "generator steps to train for (the run stops at this step)")
+    steps: int = option(900, "generator steps to train for (the run stops at this step)", "[1, inf)")
+
+    def check(self) -> None:
+        """Flag combinations level 1 cannot train with (see TrainConfig.check)."""
+        super().check()
+        frames = level_spec(self.preset, 1).frames
+        if self.k_frames > frames:
+            raise UserError(
+                f"--k-frames {self.k_frames}: the spatial discriminator picks frames of level 1's "
+                f"{frames}-frame clips (preset {self.preset!r}); use --k-frames {frames} or fewer")
 
 
 # These fields decide the shapes of the weights: resuming with others is an error.

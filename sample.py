@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,9 @@ import level1
 import upsample_level
 from data import (PRESETS, LevelSpec, UserError, contact_sheet, level_spec, num_levels,
                   pad_condition, video_grid, write_image, write_video)
-from training import build_parser, load_checkpoint, load_state, option, resolve_device, run_main
+import flags
+from training import (build_parser, hold_out_dir, load_checkpoint, load_state, option,
+                      release_out_dir, resolve_device, run_main)
 
 
 # ----------------------------------------------------------------------------------
@@ -85,36 +88,44 @@ class SampleConfig:
                                           "(instead of --runs)", nargs="+")
     preset: str | None = option(None, "shape preset (default: the checkpoints' own; "
                                       "tiny when there are none)")
-    levels: int | None = option(None, "stop after this level (default: all of the preset's levels)")
+    levels: int | None = option(None, "stop after this level (default: all of the preset's levels)",
+                                "[1, inf)")
     # What to sample.
-    num: int = option(16, "number of videos")
-    seed: int = option(0, "seed: video i's noise depends only on (seed, i)")
+    num: int = option(16, "number of videos", "[1, inf)")
+    seed: int = option(0, "seed: video i's noise depends only on (seed, i)", "[0, 2**32)")
     frames: int | None = option(None, "final number of frames (default: the finest level's "
-                                      "training length; more unrolls level 1 further)")
+                                      "training length; more unrolls level 1 further)", "[1, inf)")
     truncation: float | None = option(None, "truncation trick: resample latent entries with "
-                                            "|z| > this (e.g. 1.0; default: off)")
+                                            "|z| > this (e.g. 1.0; default: off)", "(0, inf)")
     label: int | None = option(None, "class of every video, for class-conditional models "
-                                     "(also --class; default: a random class per video)")
+                                     "(also --class; default: a random class per video)", "[0, inf)")
     # How.
-    batch_size: int = option(8, "videos generated at once")
+    batch_size: int = option(8, "videos generated at once", "[1, inf)")
     device: str = option("auto", "auto, cpu or cuda")
     whole: bool = option(False, "run each upsampling level over the whole video at once "
                                 "instead of in windows (memory grows with the length)")
     # Output.
     out: str = option("samples", "output folder")
     fps: int | None = option(None, "frames per second of the written videos "
-                                   "(default: 4 x the total time factor, level 1 at 4 fps)")
-    sheet_frames: int = option(16, "columns of the levels.png contact sheet")
+                                   "(default: 4 x the total time factor, level 1 at 4 fps)", "[1, inf)")
+    sheet_frames: int = option(16, "columns of the levels.png contact sheet", "[1, inf)")
     progress: bool = option(True, "show a progress bar")
 
 
-def parse_args(argv=None) -> SampleConfig:
-    """Command line -> SampleConfig (training.build_parser plus a `--class` alias:
-    `class` is a Python keyword, so the dataclass field is called `label`)."""
+def build_sample_parser() -> flags.ArgumentParser:
+    """training.build_parser plus a `--class` alias: `class` is a Python keyword, so
+    the dataclass field is called `label`. Its range is --label's."""
     parser = build_parser(SampleConfig, __doc__)
-    parser.add_argument("--class", dest="label", type=int, default=argparse.SUPPRESS,
-                        help="same as --label")
-    return SampleConfig(**vars(parser.parse_args(argv)))
+    interval = next(f for f in dataclasses.fields(SampleConfig) if f.name == "label").metadata["range"]
+    parser.add_argument("--class", dest="label", default=argparse.SUPPRESS,
+                        type=flags.ranged("--class", int, interval, "class of every video"),
+                        help=flags.ranged_help("same as --label", interval))
+    return parser
+
+
+def parse_args(argv=None) -> SampleConfig:
+    """Command line -> SampleConfig, every value checked against its range."""
+    return SampleConfig(**vars(build_sample_parser().parse_args(argv)))
 
 
 # ----------------------------------------------------------------------------------
@@ -551,18 +562,27 @@ def write_outputs(out, chain: Chain, videos: torch.Tensor, level_videos: list[to
         paths.append(out / "levels.png")
         write_image(paths[-1], contact_sheet(rows, size=chain.size))
     except OSError as error:
-        raise UserError(f"cannot write {paths[-1]} ({error.strerror or error}); choose an "
-                        "--out folder you can write to") from error
+        advice = ("free disk space or choose another --out" if error.errno == errno.ENOSPC
+                  else "choose an --out folder you can write to")
+        raise UserError(f"cannot write {paths[-1]} ({error.strerror or error}); {advice}") from None
     return paths
 
 
 def main(argv=None) -> None:
     cfg = parse_args(argv)
-    if (cfg.fps is not None and cfg.fps < 1) or cfg.sheet_frames < 1:
-        raise UserError(f"--fps {cfg.fps} and --sheet-frames {cfg.sheet_frames} must be at least 1")
     chain = load_chain(cfg.runs, cfg.ckpt, cfg.preset, cfg.device, cfg.levels)
     unroll, kept = level_frames(chain, cfg.frames)
     check_label(chain, cfg.label)
+    # Hold --out while sampling (training.hold_out_dir): a second sampling into the
+    # same folder stops here, before generating anything, instead of mixing its
+    # videos with this one's.
+    out = Path(cfg.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        hold_out_dir(out)
+    except OSError as error:
+        raise UserError(f"cannot write to --out {out} ({error.strerror or error}); choose a "
+                        "folder you can write to") from error
     print(f"preset {chain.preset}: levels 1..{chain.levels} on {chain.device}, "
           f"level 1 unrolled to {unroll} frames (trained on {chain.specs[0].frames}), "
           f"final {kept[-1]}x{chain.size}x{chain.size}")
@@ -578,8 +598,9 @@ def main(argv=None) -> None:
     videos, level_videos = generate(chain, cfg.num, cfg.seed, cfg.frames, cfg.batch_size,
                                     cfg.truncation, cfg.label, windowed=not cfg.whole,
                                     return_levels=True, progress=cfg.progress)
-    for path in write_outputs(cfg.out, chain, videos, level_videos, cfg.fps, cfg.sheet_frames):
+    for path in write_outputs(out, chain, videos, level_videos, cfg.fps, cfg.sheet_frames):
         print(path)
+    release_out_dir(out)
 
 
 if __name__ == "__main__":

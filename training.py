@@ -6,8 +6,10 @@ HVG trains every level with the same kind of loop (see `level1.py` and
 around the loop that would otherwise be copied between the two scripts lives
 here, in the order a training script uses it:
 
-    cfg = parse_config(Level1Config)               # dataclass -> argparse -> dataclass
+    cfg = parse_config(Level1Config)               # dataclass -> argparse -> dataclass, ranges
+                                                   # and combinations checked (flags.py, .check())
     dist = setup_distributed(cfg.device)           # torchrun env vars -> rank, device
+    prepare_out_dir(out)                           # the run folder, held by this run (flock)
     ckpt = load_checkpoint(path, level=1, ...)     # weights_only=True, checked
     ...loop...
     update_ema(ema_g, g, decay)                    # exponential moving average of G
@@ -23,6 +25,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
+import fcntl
 import json
 import math
 import os
@@ -39,7 +43,8 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from data import UserError, write_video
+import flags
+from data import UserError, level_spec, write_video
 
 CHECKPOINT_FORMAT = "hvg-checkpoint-v1"
 
@@ -48,9 +53,17 @@ CHECKPOINT_FORMAT = "hvg-checkpoint-v1"
 # Configuration: one dataclass per level, the command line is generated from it.
 # ----------------------------------------------------------------------------------
 
-def option(default, help: str, **kwargs):
-    """A dataclass field with a help string for the generated command line."""
-    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+def option(default, help: str, range: str | None = None, zero_means: str | None = None, **kwargs):
+    """A dataclass field with its --help text and, for a number, its valid range.
+
+    range: an interval such as "[1, inf)" or "[0, 1)" (see flags.py); every int or
+    float option must have one, so a value outside it stops the script at parse
+    time with one `error:` line, before any data or model is built.
+    zero_means: what 0 does, where 0 is allowed and means something particular
+    (`--sample-every 0`: only at the end); --help shows it.
+    """
+    return dataclasses.field(default=default, metadata={
+        "help": help, "range": range, "zero_means": zero_means, **kwargs})
 
 
 def _arg_type(annotation):
@@ -67,32 +80,51 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
     """--help shows each flag's default, and the script's docstring as it is written."""
 
 
-def build_parser(config_class, description: str) -> argparse.ArgumentParser:
+def build_parser(config_class, description: str) -> flags.ArgumentParser:
     """argparse parser with one `--flag` per dataclass field (underscores -> dashes).
 
     Booleans become `--flag / --no-flag`; a field's `metadata["choices"]` becomes
-    argparse choices. The dataclass is the single source of truth for defaults.
+    argparse choices; an int or float field's `metadata["range"]` becomes a type
+    that refuses values outside it (and nan, inf). The dataclass is the single
+    source of truth for defaults and ranges. Errors are one line (flags.ArgumentParser).
     """
-    parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
+    parser = flags.ArgumentParser(description=description, formatter_class=_HelpFormatter)
     for f in dataclasses.fields(config_class):
         flag = "--" + f.name.replace("_", "-")
         kind = _arg_type(f.type)
-        kwargs = dict(default=f.default, help=f.metadata.get("help", " "))
+        help = f.metadata.get("help", " ")
+        kwargs = dict(default=f.default, help=help)
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif f.metadata.get("nargs"):
             parser.add_argument(flag, nargs=f.metadata["nargs"], type=str, **kwargs)
+        elif kind in (int, float):
+            interval = f.metadata.get("range")
+            if interval is None:   # a mistake in the code, not the user's: say where
+                raise TypeError(f"{config_class.__name__}.{f.name}: a numeric option needs "
+                                "range=... (an interval such as '[1, inf)'; see flags.py)")
+            kwargs["help"] = flags.ranged_help(help, interval, f.metadata.get("zero_means"))
+            parser.add_argument(flag, type=flags.ranged(flag, kind, interval, help), **kwargs)
         else:
             parser.add_argument(flag, type=kind, **kwargs)
     return parser
 
 
 def parse_config(config_class, argv=None, description: str = ""):
-    """Command line -> config dataclass instance."""
+    """Command line -> config dataclass instance, checked.
+
+    Each value was checked against its range while parsing; then the config's
+    `check()` (where it has one) refuses combinations that cannot work (a crop the
+    discriminators cannot take, more frames for D_S than a clip has) with a
+    UserError. All of this happens before any data or model is built.
+    """
     args = build_parser(config_class, description).parse_args(argv)
-    return config_class(**vars(args))
+    cfg = config_class(**vars(args))
+    if hasattr(cfg, "check"):
+        cfg.check()
+    return cfg
 
 
 @dataclass
@@ -108,41 +140,73 @@ class TrainConfig:
     data: str = option("synthetic", "dataset: synthetic, kinetics600, bdd100k, ucf101, folder or cache")
     data_root: str | None = option(None, "folder of the dataset's videos (or of a `data.py prepare` cache)")
     preset: str = option("tiny", "shape table of the hierarchy (see data.PRESETS)")
-    num_workers: int = option(0, "DataLoader worker processes (0: load in the training process)")
+    num_workers: int = option(0, "DataLoader worker processes", "[0, inf)",
+                              zero_means="load in the training process")
     # Run.
     out: str | None = option(None, "run folder (default: runs/<preset>/level<N>)")
-    steps: int = option(800, "generator steps to train for (the run stops at this step)")
-    batch_size: int = option(16, "global batch size (split across torchrun processes)")
+    steps: int = option(800, "generator steps to train for (the run stops at this step)", "[1, inf)")
+    batch_size: int = option(16, "global batch size (split across torchrun processes)", "[1, inf)")
     device: str = option("auto", "auto, cpu or cuda")
-    seed: int = option(0, "seed of data order, initialisation and noise")
-    log_every: int = option(20, "steps between log.jsonl lines")
-    sample_every: int = option(300, "steps between sample videos (0: only at the end)")
-    ckpt_every: int = option(300, "steps between checkpoints (always one at the end)")
+    # numpy's seeds are below 2**32; torch's and Python's take those too.
+    seed: int = option(0, "seed of data order, initialisation and noise", "[0, 2**32)")
+    log_every: int = option(20, "steps between log.jsonl lines", "[1, inf)")
+    sample_every: int = option(300, "steps between sample videos", "[0, inf)",
+                               zero_means="only at the end")
+    ckpt_every: int = option(300, "steps between checkpoints (always one at the end)", "[0, inf)",
+                             zero_means="only at the end")
     resume: bool = option(True, "resume from <out>/ckpt.pt when it exists")
     amp: str = option("auto", "mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16, off",
                       choices=["auto", "bf16", "fp16", "off"])
     compile: bool = option(False, "torch.compile the generator and discriminators")
-    num_samples: int = option(16, "videos in each sample grid")
+    num_samples: int = option(16, "videos in each sample grid", "[1, inf)")
     eval_every: int = option(0, "steps between quality evaluations of the EMA generator: the "
-                                "two-sample accuracy (no download needed), plus FVD with --i3d (0: off)")
+                                "two-sample accuracy (no download needed), plus FVD with --i3d",
+                             "[0, inf)", zero_means="no evaluation")
     i3d: str | None = option(None, "I3D weights for FVD during training (see metrics.py; default $HVG_I3D)")
-    eval_videos: int = option(128, "real and generated clips per evaluation")
+    # The two-sample test trains on half of each set: at least 4 clips.
+    eval_videos: int = option(128, "real and generated clips per evaluation", "[4, inf)")
     # Model.
     class_conditional: bool = option(False, "condition G and D on the dataset's class labels")
-    z_dim: int = option(120, "latent size (DVD-GAN: 120)")
-    g_ch: int = option(16, "generator base width (channels at the output resolution)")
-    d_ch: int = option(16, "discriminator base width")
-    k_frames: int = option(8, "frames the spatial discriminator scores per clip (DVD-GAN: 8)")
+    z_dim: int = option(120, "latent size (DVD-GAN: 120)", "[1, inf)")
+    g_ch: int = option(16, "generator base width (channels at the output resolution)", "[1, inf)")
+    d_ch: int = option(16, "discriminator base width", "[1, inf)")
+    k_frames: int = option(8, "frames the spatial discriminator scores per clip (DVD-GAN: 8)", "[1, inf)")
     # Optimisation.
-    g_lr: float = option(5e-4, "generator Adam learning rate (DVD-GAN: 1e-4)")
-    d_lr: float = option(5e-4, "discriminator Adam learning rate (DVD-GAN: 5e-4)")
-    beta1: float = option(0.5, "Adam beta1 (BigGAN, DVD-GAN: 0)")
-    beta2: float = option(0.999, "Adam beta2")
-    d_steps: int = option(2, "discriminator steps per generator step (DVD-GAN: 2)")
-    ema_decay: float = option(0.995, "EMA decay of G's weights (DVD-GAN: 0.9999 on long runs)")
-    ema_start: int = option(100, "steps before the EMA starts averaging (it copies G until then)")
-    spatial_weight: float = option(1.0, "weight of the spatial discriminator's loss")
-    temporal_weight: float = option(1.0, "weight of the temporal discriminator's loss")
+    g_lr: float = option(5e-4, "generator Adam learning rate (DVD-GAN: 1e-4)", "(0, inf)")
+    d_lr: float = option(5e-4, "discriminator Adam learning rate (DVD-GAN: 5e-4)", "(0, inf)")
+    # Adam needs 0 <= beta < 1: beta = 1 would never forget the first gradient.
+    beta1: float = option(0.5, "Adam beta1 (BigGAN, DVD-GAN: 0)", "[0, 1)",
+                          zero_means="no momentum")
+    beta2: float = option(0.999, "Adam beta2", "[0, 1)", zero_means="no second-moment averaging")
+    d_steps: int = option(2, "discriminator steps per generator step (DVD-GAN: 2)", "[1, inf)")
+    # decay 1 would freeze the EMA at its first copy of G.
+    ema_decay: float = option(0.995, "EMA decay of G's weights (DVD-GAN: 0.9999 on long runs)", "[0, 1)",
+                              zero_means="no averaging, the EMA generator is G")
+    ema_start: int = option(100, "steps before the EMA starts averaging (it copies G until then)",
+                            "[0, inf)", zero_means="average from the first step")
+    spatial_weight: float = option(1.0, "weight of the spatial discriminator's loss", "[0, inf)",
+                                   zero_means="D_S has no effect (ablation)")
+    temporal_weight: float = option(1.0, "weight of the temporal discriminator's loss", "[0, inf)",
+                                    zero_means="D_T has no effect (ablation)")
+
+    def check(self) -> None:
+        """Combinations of flags that cannot work, refused before anything is built.
+
+        (Each value on its own was already checked against its range by the parser.)
+        The level configs add their own checks and call this one.
+        """
+        level_spec(self.preset, 1)           # an unknown --preset: UserError listing the presets
+        if self.eval_every and (self.i3d or os.environ.get("HVG_I3D")):
+            # Without I3D weights the evaluation is the download-free two-sample test
+            # (metrics.TrainingEvaluator); with them it adds FVD, and a path that is not
+            # a file would only fail once the data and models are built.
+            i3d = self.i3d or os.environ.get("HVG_I3D")
+            source = "--i3d" if self.i3d else "$HVG_I3D"
+            if not Path(i3d).expanduser().is_file():
+                raise UserError(
+                    f"--eval-every {self.eval_every}: {source} points to {i3d!r}, which is not a "
+                    "file; pass the I3D weights file (see metrics.py), or leave it out to "
+                    "evaluate with the download-free two-sample test only")
 
 
 def config_to_dict(cfg) -> dict:
@@ -212,9 +276,11 @@ def setup_distributed(device_name: str) -> Distributed:
     these variables set; a plain `python script.py` has none and runs alone.
     Backend: NCCL between GPUs, gloo on CPU (used by the tests).
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
+    if "RANK" not in os.environ:          # not started by torchrun: a single process
         return Distributed(0, 0, 1, resolve_device(device_name))
+    # Under torchrun the group is joined even with one process, so a one-GPU torchrun
+    # job runs the same NCCL code (the stop flag's all_reduce) as an eight-GPU one.
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     device = resolve_device(device_name)
     if device.type == "cuda":
@@ -316,7 +382,7 @@ class Chores:
                                           **{f"{self.unit}_s": f"{record[f'{self.unit}_per_s']:.1f}"})
             if (cfg.sample_every and step % cfg.sample_every == 0) or last:
                 self.write_sample_grid(step)
-            if step % cfg.ckpt_every == 0 or last:
+            if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or last:
                 self.save(step)
         if self.stop.should_stop(self.dist.device):
             # `step` counts completed steps only, so this checkpoint resumes exactly.
@@ -332,6 +398,7 @@ class Chores:
         self.progress.close()
         if self.dist.is_main:
             print(f"done: {self.out / 'ckpt.pt'} (step {step}), samples in {self.out / 'samples'}")
+            release_out_dir(self.out)
         cleanup_distributed()
 
 
@@ -626,10 +693,13 @@ def check_finite(step: int, ckpt_path: Path, **losses: torch.Tensor) -> None:
 # ----------------------------------------------------------------------------------
 
 def prepare_out_dir(out: str | Path) -> Path:
-    """Create the run folder and check that it is writable before training starts."""
+    """Create the run folder, hold it (see `hold_out_dir`) and check that it is
+    writable, before training starts. Only rank 0 calls it."""
     out = Path(out)
     try:
-        (out / "samples").mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        hold_out_dir(out)          # before anything in the folder is touched
+        (out / "samples").mkdir(exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
@@ -640,10 +710,73 @@ def prepare_out_dir(out: str | Path) -> Path:
     return out
 
 
+# Folders this process holds: resolved path -> the open file descriptor of its lock.
+_HELD_FOLDERS: dict[Path, int] = {}
+
+
+def hold_out_dir(out: Path) -> None:
+    """Hold `out` for as long as this process runs: a second run into it stops at once.
+
+    Two runs into one folder (a command started twice, a scheduler's retry) would
+    both train to the end, logging every step twice and overwriting each other's
+    checkpoints. So a run takes an exclusive OS lock (flock) on `out/.lock` and
+    writes its pid there. The kernel drops the lock when the process ends however
+    it ends (SIGKILL, a crash, a reboot), so a killed run never leaves a stale lock
+    behind: the next run simply takes it and resumes. (flock on NFS is only as good
+    as the NFS server's lock support.)
+
+    DataLoader workers (--num-workers) inherit the open lock and exit soon after
+    their parent does. Only rank 0 of a torchrun job holds the folder.
+
+    Within one process holding twice is a no-op: tests run several mains in a row.
+    """
+    key = out.resolve()
+    if key in _HELD_FOLDERS:
+        return
+    # O_CREAT leaves an existing file alone: a refused run changes nothing in `out`.
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)    # NB: fail now, do not wait
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UserError(
+            f"{out} is in use by another run (pid {holder}); wait for it to finish or "
+            "choose another --out") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    # The descriptor stays open (an int, never garbage-collected): closing it
+    # would release the lock.
+    _HELD_FOLDERS[key] = fd
+
+
+def release_out_dir(out: str | Path) -> None:
+    """Let go of a folder held by `hold_out_dir` (the end of a run or a sampling)."""
+    fd = _HELD_FOLDERS.pop(Path(out).resolve(), None)
+    if fd is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 def append_jsonl(path: str | Path, record: dict) -> None:
-    """One JSON object per line: easy to tail, grep, and load with pandas."""
-    with open(path, "a") as file:
-        file.write(json.dumps(record) + "\n")
+    """One JSON object per line: easy to tail, grep, and load with pandas.
+
+    A full disk mid-line would leave half a line that no JSON reader accepts: the
+    file is cut back to its previous length, and the run stops with a UserError,
+    like a failed checkpoint write (see `save_checkpoint`).
+    """
+    path = Path(path)
+    size = path.stat().st_size if path.exists() else 0
+    try:
+        with open(path, "a") as file:
+            file.write(json.dumps(record) + "\n")
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.truncate(path, size)
+        raise UserError(
+            f"could not write {path}: {error.strerror or error}; the run stopped at step "
+            f"{record.get('step')} and its last checkpoint is intact. Free disk space (or "
+            "choose another --out) and resume.") from None
 
 
 def unused_path(path: Path) -> Path:
@@ -670,10 +803,22 @@ def set_aside_previous_checkpoint(ckpt_path: Path) -> Path:
 
 
 def write_samples(out: Path, step: int, grid: torch.Tensor, fps: int = 8) -> list[Path]:
-    """Write a sample grid (C, T, H, W) as samples/step_XXXXXX.mp4 and .gif."""
+    """Write a sample grid (C, T, H, W) as samples/step_XXXXXX.mp4 and .gif.
+
+    If the disk is full, the step's unfinished files are removed and the run stops
+    with a UserError, like a failed checkpoint write (see `save_checkpoint`).
+    """
     paths = []
-    for suffix in (".mp4", ".gif"):
-        path = unused_path(out / "samples" / f"step_{step:06d}{suffix}")
-        write_video(path, grid, fps=fps)
-        paths.append(path)
+    try:
+        for suffix in (".mp4", ".gif"):
+            paths.append(unused_path(out / "samples" / f"step_{step:06d}{suffix}"))
+            write_video(paths[-1], grid, fps=fps)
+    except OSError as error:
+        for path in paths:     # a cut-off video is no sample: do not leave it behind
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise UserError(
+            f"could not write sample video {paths[-1]}: {error.strerror or error}; the run "
+            f"stopped at step {step} and its last checkpoint is intact. Free disk space "
+            "(or choose another --out) and resume.") from None
     return paths

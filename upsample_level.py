@@ -63,33 +63,63 @@ class UpsampleConfig(TrainConfig):
     """An upsampling level's flags: training.TrainConfig's (data, run, model widths,
     optimisation) with this level's defaults, plus the level, its partial view and
     the matching discriminator."""
-    level: int = option(2, "which level of the hierarchy to train (2, 3, ...)")
+    level: int = option(2, "which level of the hierarchy to train (2, 3, ...; level 1 "
+                                  "is trained by `python level1.py`)", "[2, inf)")
     # Partial views (defaults: the preset's table).
-    crop_frames: int | None = option(None, "output frames per training crop (default: the preset's)")
-    context: int | None = option(None, "condition frames of temporal context on each side (default: the preset's)")
+    crop_frames: int | None = option(None, "output frames per training crop (default: the preset's)",
+                                     "[1, inf)")
+    context: int | None = option(None, "condition frames of temporal context on each side "
+                                       "(default: the preset's)", "[0, inf)",
+                                 zero_means="no context (ablation)")
     crop_size: int | None = option(None, "spatial crop of the output in pixels (default: the preset's, "
-                                         "set for the largest level; 0: whole frames)")
+                                         "set for the largest level)", "[0, inf)",
+                                   zero_means="whole frames")
     cond_from: str | None = option(None, "run folder of the trained previous level (e.g. runs/tiny/level1): "
                                          "half of G's conditions are then its samples, not real data")
-    cond_bank: int = option(64, "previous-level videos sampled once for --cond-from")
+    cond_bank: int = option(64, "previous-level videos sampled once for --cond-from", "[1, inf)")
     # The matching discriminator.
     matching: bool = option(True, "use the matching discriminator D_M (--no-matching: ablation)")
     matching_pool: bool = option(True, "D_M sees the (condition, output) pair 2x average-pooled in "
                                        "space: the condition has no finer detail to match")
-    matching_weight: float = option(1.0, "weight of the matching discriminator's loss")
+    matching_weight: float = option(1.0, "weight of the matching discriminator's loss", "[0, inf)",
+                                    zero_means="D_M has no effect (--no-matching does not even build it)")
     # Model.
     encoder_blocks: int = option(1, "3-D residual blocks that read the condition (each adds 2 "
-                                    "condition frames of temporal receptive field)")
+                                    "condition frames of temporal receptive field)", "[0, inf)",
+                                 zero_means="none (ablation)")
     # This level's defaults for TrainConfig's flags (crops are small: batch 4, 800 steps).
-    steps: int = option(800, "generator steps to train for (the run stops at this step)")
-    batch_size: int = option(4, "global batch size (split across torchrun processes)")
-    sample_every: int = option(400, "steps between sample videos (0: only at the end)")
-    ckpt_every: int = option(200, "steps between checkpoints (always one at the end)")
-    num_samples: int = option(4, "videos in each sample grid")
-    z_dim: int = option(64, "latent size")
-    k_frames: int = option(4, "frames the spatial discriminator scores per crop")
-    ema_decay: float = option(0.99, "EMA decay of G's weights")
-    ema_start: int = option(50, "steps before the EMA starts averaging (it copies G until then)")
+    steps: int = option(800, "generator steps to train for (the run stops at this step)", "[1, inf)")
+    batch_size: int = option(4, "global batch size (split across torchrun processes)", "[1, inf)")
+    sample_every: int = option(400, "steps between sample videos", "[0, inf)",
+                               zero_means="only at the end")
+    ckpt_every: int = option(200, "steps between checkpoints (always one at the end)", "[0, inf)",
+                             zero_means="only at the end")
+    num_samples: int = option(4, "videos in each sample grid", "[1, inf)")
+    z_dim: int = option(64, "latent size", "[1, inf)")
+    k_frames: int = option(4, "frames the spatial discriminator scores per crop", "[1, inf)")
+    ema_decay: float = option(0.99, "EMA decay of G's weights", "[0, 1)",
+                              zero_means="no averaging, the EMA generator is G")
+    ema_start: int = option(50, "steps before the EMA starts averaging (it copies G until then)",
+                            "[0, inf)", zero_means="average from the first step")
+
+    def check(self) -> None:
+        """Flag combinations this level cannot train with (see TrainConfig.check)."""
+        super().check()
+        spec, crop, context, crop_size = crop_settings(self)   # level, crop, context, crop size
+        size = crop_size or spec.size
+        # D_T (and D_M with its pooling) halve the frames, then halve them down to 4x4:
+        # the discriminators take square frames whose side is a power of two, >= 16.
+        if size < 16 or size & (size - 1):
+            fits = [s for s in (2**n for n in range(4, 16)) if s <= spec.size and s % spec.space_factor == 0]
+            raise UserError(
+                f"--crop-size {size}: the discriminators take square crops whose side is a power "
+                f"of two, at least 16; for level {self.level} of {self.preset!r} use one of "
+                f"{', '.join(map(str, fits))} (or 0: whole {spec.size}x{spec.size} frames)")
+        if self.k_frames > crop:
+            raise UserError(
+                f"--k-frames {self.k_frames}: the spatial discriminator picks frames of the "
+                f"{crop}-frame training crops; use --k-frames {crop} or fewer (or a longer "
+                "--crop-frames)")
 
 
 ARCHITECTURE_FIELDS = ("preset", "level", "class_conditional", "z_dim", "g_ch", "d_ch",

@@ -21,6 +21,11 @@ if str(ROOT) not in sys.path:
 torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    # tests/test_cuda.py: `python -m pytest -m cuda -q` runs only them (on a CUDA machine).
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped, with the reason, without one)")
+
+
 def run_script(main, argv):
     """Run `main(argv)` through training.run_main: returns the exit code (0 on success)."""
     from training import run_main

@@ -144,7 +144,9 @@ def test_two_ranks_train_one_model_and_only_rank_0_writes(tmp_path, module, flag
     sample_files = ["step_000002.gif", "step_000002.mp4"]
     if run_name != "level1":     # upsampling levels also report condition_error and detail
         sample_files.insert(1, "step_000002.json")
-    assert files_under(work) == [f"runs/{run_name}/ckpt.pt", f"runs/{run_name}/log.jsonl",
+    # .lock: rank 0 holds the run folder while it trains (training.hold_out_dir).
+    assert files_under(work) == [f"runs/{run_name}/.lock", f"runs/{run_name}/ckpt.pt",
+                                 f"runs/{run_name}/log.jsonl",
                                  *(f"runs/{run_name}/samples/{name}" for name in sample_files)]
     rank1_writes = [w for w in dumps[1]["writes"] if str(tmp_path) in w[1]]
     assert rank1_writes == [], f"rank 1 wrote: {rank1_writes}"

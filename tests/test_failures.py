@@ -15,6 +15,7 @@ loads and that the next run resumes from its step.
 """
 
 import errno
+import gc
 import io
 import json
 import os
@@ -621,6 +622,98 @@ def test_disk_full_on_a_real_small_filesystem_keeps_the_previous_checkpoint(tmp_
         subprocess.run(["umount", str(disk)], check=True)
 
 
+def test_disk_full_while_writing_samples_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    out, calls = tmp_path / "run", []
+    real_write_video = training.write_video
+
+    def write_video(path, video, fps=8):
+        # Step 2's .mp4 is written, then the disk fills during its .gif.
+        calls.append(path)
+        if len(calls) == 4:
+            Path(path).write_bytes(b"GIF89a half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_video(path, video, fps=fps)
+
+    monkeypatch.setattr(training, "write_video", write_video)
+    code = run_script(level1.main, SMALL + ["--steps", "3", "--sample-every", "1", "--out", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    message = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert message == [f"error: could not write sample video {out / 'samples' / 'step_000002.gif'}: "
+                       "No space left on device; the run stopped at step 2 and its last checkpoint "
+                       "is intact. Free disk space (or choose another --out) and resume."]
+    # Step 1's samples are whole; step 2's unfinished files are gone.
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000001.gif", "step_000001.mp4"]
+    assert load_checkpoint(out / "ckpt.pt")["step"] == 1
+
+
+class FullDiskText:
+    """A text file on a disk that fills up after `room` characters: it writes what fits."""
+
+    def __init__(self, file, room):
+        self.file, self.room = file, room
+
+    def write(self, text):
+        self.file.write(text[:self.room])
+        self.file.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def test_disk_full_while_writing_the_log_keeps_it_readable(tmp_path, capsys, monkeypatch):
+    out, appends = tmp_path / "run", []
+    real_open = open
+
+    def open_log(path, mode="r", *args, **kwargs):
+        file = real_open(path, mode, *args, **kwargs)
+        if Path(path).name == "log.jsonl":
+            appends.append(path)
+            if len(appends) == 3:                         # the third line gets 10 characters in
+                return FullDiskText(file, room=10)
+        return file
+
+    monkeypatch.setattr(training, "open", open_log, raising=False)
+    code = run_script(level1.main, SMALL + ["--steps", "5", "--out", str(out)])
+    assert code == 2
+    assert error_of(capsys) == (f"could not write {out / 'log.jsonl'}: No space left on device; the "
+                                "run stopped at step 3 and its last checkpoint is intact. Free disk "
+                                "space (or choose another --out) and resume.")
+    # Only whole lines: the half-written third one was cut off again.
+    assert logged_steps(out) == [1, 2]
+    assert (out / "log.jsonl").read_text().endswith("}\n")
+
+
+def test_disk_full_on_a_real_small_filesystem_while_writing_samples(tmp_path, capfd):
+    """A real full disk: imageio's GIF writer fails, and no "Exception ignored ...
+    Traceback" from its clean-up at garbage collection follows the message."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
+                           capture_output=True, text=True) if shutil.which("mount") else None
+    if mount is None or mount.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root and CAP_SYS_ADMIN); "
+                    "test_disk_full_while_writing_samples_is_a_clear_error simulates it")
+    try:
+        (disk / "samples").mkdir()
+        (disk / "filler").write_bytes(b"x" * (256 * 1024 - 16 * 1024))    # 16 KiB left
+        grid = torch.rand(3, 16, 64, 64) * 2 - 1
+        with pytest.raises(UserError, match=r"could not write sample video .*step_000007\.(mp4|gif): "
+                                            "No space left on device"):
+            training.write_samples(disk, 7, grid)
+        gc.collect()
+        assert "Traceback" not in capfd.readouterr().err
+        assert list((disk / "samples").iterdir()) == []            # nothing half-written is left
+    finally:
+        gc.collect()                  # a writer still holding a file there would keep it busy
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
 @pytest.mark.parametrize("loss,bad", [("loss_g", float("nan")), ("loss_d", float("inf"))])
 def test_nan_or_inf_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
         tmp_path, capsys, monkeypatch, loss, bad):
@@ -722,6 +815,74 @@ def test_existing_sample_files_are_not_overwritten_by_a_new_run(previous_run):
     assert_nothing_lost(previous_run, before)
     assert sorted(p.name for p in (previous_run / "samples").iterdir()) == [
         "step_000002-1.gif", "step_000002-1.mp4", "step_000002.gif", "step_000002.mp4"]
+
+
+def test_two_runs_into_one_folder_one_trains_the_other_stops_and_a_kill_frees_it(tmp_path):
+    """The same command started twice at once (a scheduler's retry): exactly one run
+    trains; the other stops at once with exit 2, naming the first one's pid, and
+    touches nothing. After a SIGKILL of the first (no clean-up at all), the next
+    run takes the folder and resumes from its checkpoint."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, str(ROOT / "level1.py"), *SMALL, "--steps", "1000", "--out", str(out)]
+
+    def start(name):
+        with open(tmp_path / f"{name}.out", "w") as stdout, open(tmp_path / f"{name}.err", "w") as stderr:
+            return subprocess.Popen(command, cwd=ROOT, env=env, stdout=stdout, stderr=stderr)
+
+    runs = [start("a"), start("b")]
+    try:
+        wait_for(lambda: any(r.poll() is not None for r in runs), timeout=120, what="one run to stop")
+        stopped = next(i for i, r in enumerate(runs) if r.poll() is not None)
+        stopped_run, training_run = runs[stopped], runs[1 - stopped]
+        assert stopped_run.returncode == 2
+        err = (tmp_path / f"{'ab'[stopped]}.err").read_text()
+        assert err == (f"error: {out} is in use by another run (pid {training_run.pid}); wait for it "
+                       "to finish or choose another --out\n")
+        # The other one trains on, alone: every step is logged once.
+        wait_for(lambda: len(logged_steps(out)) >= 3 or training_run.poll() is not None,
+                 what="three logged steps")
+        assert training_run.poll() is None
+        training_run.send_signal(signal.SIGKILL)
+        training_run.wait(timeout=60)
+    finally:
+        for run in runs:
+            run.kill()
+    steps = logged_steps(out)
+    assert steps == list(range(1, len(steps) + 1))           # no step twice
+    saved = load_checkpoint(out / "ckpt.pt")["step"]
+    # The kernel released the killed run's lock: a new run takes the folder and resumes.
+    result = subprocess.run(command[:-4] + ["--steps", str(saved + 1), "--out", str(out)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resumed from {out / 'ckpt.pt'} at step {saved}" in result.stdout
+    assert load_checkpoint(out / "ckpt.pt")["step"] == saved + 1
+
+
+def test_a_folder_in_use_stops_sampling_too(tmp_path, capsys):
+    """sample.py --out into a folder another process holds stops before generating."""
+    out = tmp_path / "samples"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); import training, "
+         "pathlib; training.hold_out_dir(pathlib.Path(sys.argv[2])); print('held', flush=True); "
+         "time.sleep(120)", str(ROOT), str(out)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert holder.stdout.readline() == "held\n"
+        import sample
+        runs = tmp_path / "runs"
+        assert run_script(level1.main, SMALL + ["--steps", "1", "--out", str(runs / "level1")]) == 0
+        capsys.readouterr()
+        code = run_script(sample.main, ["--runs", str(runs), "--levels", "1", "--num", "1",
+                                        "--no-progress", "--out", str(out)])
+        assert code == 2
+        assert error_of(capsys) == (f"{out} is in use by another run (pid {holder.pid}); wait for it "
+                                    "to finish or choose another --out")
+        assert [p.name for p in out.iterdir()] == [".lock"]          # nothing was written
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 # ----------------------------------------------------------------------------------
