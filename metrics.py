@@ -73,6 +73,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import flags
 from data import UserError, down, find_videos, pad_condition, read_frames
 
 I3D_ENV = "HVG_I3D"
@@ -82,8 +83,9 @@ I3D_ENV = "HVG_I3D"
 # The protocol: everything that changes the numbers, in one place.
 # ----------------------------------------------------------------------------------
 
-def _option(default, help: str):
-    return dataclasses.field(default=default, metadata={"help": help})
+def _option(default, help: str, range: str | None = None):
+    """A protocol field: its default, its --help text and (numbers) its valid range."""
+    return dataclasses.field(default=default, metadata={"help": help, "range": range})
 
 
 @dataclass(frozen=True)
@@ -92,11 +94,11 @@ class Protocol:
     (Unterthiner et al., as used by VideoGPT, TATS and StyleGAN-V): every field changes
     the score, so a result is only comparable with results computed under the same
     protocol. The CLI has one flag per field."""
-    num_videos: int = _option(2048, "real and generated clips each; fewer clips bias FVD upwards")
-    frames: int = _option(16, "the first `frames` frames of every clip are scored")
-    resize: int = _option(224, "every frame is resized to resize x resize (I3D's input size)")
+    num_videos: int = _option(2048, "real and generated clips each; fewer clips bias FVD upwards", "[2, inf)")
+    frames: int = _option(16, "the first `frames` frames of every clip are scored", "[1, inf)")
+    resize: int = _option(224, "every frame is resized to resize x resize (I3D's input size)", "[1, inf)")
     interpolation: str = _option("bilinear", "torch interpolate mode for the resize")
-    is_splits: int = _option(10, "IS is averaged over this many splits (mean, std)")
+    is_splits: int = _option(10, "IS is averaged over this many splits (mean, std)", "[1, inf)")
 
     def key(self) -> dict:
         return dataclasses.asdict(self)
@@ -554,12 +556,13 @@ def inception_score(probs, splits: int = 10) -> tuple[float, float]:
 class C2STProtocol:
     """Everything that changes a two-sample accuracy. The CLI has one flag per field
     (prefixed --c2st-)."""
-    num_videos: int = _option(256, "real and generated clips each (half train, half test)")
-    seeds: int = _option(3, "independent splits + initialisations, averaged")
-    epochs: int = _option(12, "passes over the training halves (Adam, lr 3e-3, batches of 16)")
-    width: int = _option(16, "channels of the judge's first layer (doubling twice)")
-    max_frames: int = _option(32, "clips are cut to at most this many frames")
-    max_size: int = _option(64, "frames larger than this are area-averaged down to it")
+    num_videos: int = _option(256, "real and generated clips each (half train, half test)", "[4, inf)")
+    seeds: int = _option(3, "independent splits + initialisations, averaged", "[1, inf)")
+    epochs: int = _option(12, "passes over the training halves (Adam, lr 3e-3, batches of 16)", "[1, inf)")
+    width: int = _option(16, "channels of the judge's first layer (doubling twice)", "[1, inf)")
+    max_frames: int = _option(32, "clips are cut to at most this many frames", "[2, inf)")
+    # The judge reads 4x4-pixel patches: a multiple of 4.
+    max_size: int = _option(64, "frames larger than this are area-averaged down to it", "[4, inf)")
 
     def key(self) -> dict:
         return dataclasses.asdict(self)
@@ -1264,7 +1267,7 @@ class VideoFiles(torch.utils.data.Dataset):
 # ----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = flags.ArgumentParser(
         description="Quality of generated videos against real ones: the download-free two-sample "
                     "test and motion statistics, per level with --per-level; FVD, FID and IS too "
                     "when I3D weights are given.",
@@ -1277,8 +1280,9 @@ def build_parser() -> argparse.ArgumentParser:
     real.add_argument("--preset", default=None,
                       help="data.py shape preset of the real clips (default: the sampled "
                            "chain's, else --real if it names a preset, else tiny)")
-    real.add_argument("--level", type=int, default=None,
-                      help="level whose clip shape the real clips take (default: the last)")
+    real.add_argument("--level", type=flags.ranged("--level", int, "[1, inf)"), default=None,
+                      help=flags.ranged_help("level whose clip shape the real clips take "
+                                             "(default: the last)", "[1, inf)"))
     fake = parser.add_argument_group("generated videos").add_mutually_exclusive_group()
     fake.add_argument("--fake", default=None, help="a folder of generated video files")
     fake.add_argument("--runs", default=None,
@@ -1294,20 +1298,27 @@ def build_parser() -> argparse.ArgumentParser:
                            "frozen, time-reversed, shuffled, blurred, noisy (and the chain's "
                            "samples with --runs), at every level of --preset")
     c2st_group = parser.add_argument_group("two-sample test protocol (changes the accuracies)")
-    for f in dataclasses.fields(C2STProtocol):
-        c2st_group.add_argument("--c2st-" + f.name.replace("_", "-"), type=type(f.default),
-                                default=f.default, help=f.metadata["help"])
     protocol = parser.add_argument_group("FVD protocol (changes the scores; with --i3d only)")
-    for f in dataclasses.fields(Protocol):
-        protocol.add_argument("--" + f.name.replace("_", "-"), type=type(f.default),
-                              default=f.default, help=f.metadata["help"])
+    for group, prefix, fields in ((c2st_group, "--c2st-", dataclasses.fields(C2STProtocol)),
+                                  (protocol, "--", dataclasses.fields(Protocol))):
+        for f in fields:
+            flag, interval = prefix + f.name.replace("_", "-"), f.metadata["range"]
+            if interval is None:
+                group.add_argument(flag, default=f.default, help=f.metadata["help"])
+            else:
+                group.add_argument(flag, type=flags.ranged(flag, type(f.default), interval, f.metadata["help"]),
+                                   default=f.default, help=flags.ranged_help(f.metadata["help"], interval))
     parser.add_argument("--i3d", default=None,
                         help=f"I3D weights file for FVD/FID/IS (default: ${I3D_ENV}; without "
                              "either, only the download-free numbers)")
-    parser.add_argument("--batch-size", type=int, default=16, help="clips per I3D forward pass")
+    parser.add_argument("--batch-size", type=flags.ranged("--batch-size", int, "[1, inf)"), default=16,
+                        help=flags.ranged_help("clips per I3D forward pass", "[1, inf)"))
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--seed", type=int, default=0, help="which real clips / which samples")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for decoding")
+    parser.add_argument("--seed", type=flags.ranged("--seed", int, "[0, 2**31)"), default=0,
+                        help=flags.ranged_help("which real clips / which samples", "[0, 2**31)"))
+    parser.add_argument("--workers", type=flags.ranged("--workers", int, "[0, inf)"), default=0,
+                        help=flags.ranged_help("DataLoader workers for decoding", "[0, inf)",
+                                               "decode in the main process"))
     parser.add_argument("--stats-dir", default=None,
                         help="where real statistics are cached (default: $XDG_CACHE_HOME/hvg "
                              "or ~/.cache/hvg)")
@@ -1464,13 +1475,6 @@ def main(argv=None) -> dict:
     protocol = Protocol(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Protocol)})
     c2st_protocol = C2STProtocol(**{f.name: getattr(args, "c2st_" + f.name)
                                     for f in dataclasses.fields(C2STProtocol)})
-    if protocol.frames < 1 or protocol.num_videos < 2 or protocol.resize < 1 or args.batch_size < 1:
-        raise UserError(f"bad protocol {protocol} or --batch-size {args.batch_size}: need "
-                        "frames >= 1, num_videos >= 2, resize >= 1, batch size >= 1")
-    if (c2st_protocol.num_videos < 4 or c2st_protocol.seeds < 1 or c2st_protocol.epochs < 1
-            or c2st_protocol.width < 1 or c2st_protocol.max_frames < 2 or c2st_protocol.max_size < 4):
-        raise UserError(f"bad two-sample protocol {c2st_protocol}: need num_videos >= 4, seeds, "
-                        "epochs, width >= 1, max_frames >= 2, max_size >= 4")
     samples = args.runs is not None or args.ckpt is not None
     if args.per_level and not samples:
         raise UserError("--per-level scores a trained hierarchy: give its run folder with --runs "

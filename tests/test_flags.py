@@ -26,6 +26,7 @@ import bench
 import data
 import flags
 import level1
+import metrics
 import sample
 import upsample_level
 from conftest import ROOT
@@ -42,14 +43,17 @@ def bench_parse(argv):
     bench.build_parser().parse_args(argv)
 
 
+def metrics_parse(argv):
+    metrics.build_parser().parse_args(argv)
+
+
 def data_parse(argv):
     data.build_parser().parse_args(argv)
 
 
 # Every script's command line: (name, its parser, the function that parses and checks
 # a command line the way the script does before any work, the flags every try
-# starts with). metrics.py is added when metrics.py moves to flags.py's ranges (it
-# is being rewritten; its flags are plain argparse ints today).
+# starts with).
 SCRIPTS = [
     ("level1.py", lambda: build_parser(level1.Level1Config, ""),
      lambda argv: parse_config(level1.Level1Config, argv), []),
@@ -61,6 +65,7 @@ SCRIPTS = [
     ("data.py preview", lambda: subcommand(data.build_parser(), "preview"), data_parse,
      ["preview", "--out", "preview"]),
     ("bench.py", bench.build_parser, bench_parse, []),
+    ("metrics.py", metrics.build_parser, metrics_parse, ["--real", "synthetic", "--runs", "runs"]),
 ]
 
 NONSENSE = ["0", "-1", "nan", "inf", "1" + "0" * 21]     # the last: 10**21
