@@ -377,8 +377,8 @@ def load_chain(runs=None, ckpts=None, preset: str | None = None, device="cpu",
 
 def window_starts(frames: int, window: int) -> list[int]:
     """First condition frame of each window: 0, w, 2w, ..., and a last one clamped to
-    frames - w when w does not divide the length (it overlaps its neighbour; the
-    overlap is simply written twice)."""
+    frames - w when w does not divide the length (it overlaps its neighbour, whose
+    frames are kept: the clamped window only adds the frames after it)."""
     window = min(window, frames)
     starts = list(range(0, frames - window + 1, window))
     if starts[-1] + window < frames:
@@ -410,13 +410,18 @@ def upsample(generator: nn.Module, condition: torch.Tensor, z: torch.Tensor,
         return out                                               # (B, 3, t*tf, H, W)
     window = min(window, t)
     out = torch.empty(b, c, t * tf, h * sf, w * sf, device=host)  # the whole video
+    done = 0                                                     # condition frames with output
     for j0 in window_starts(t, window):
         # Padded frames j0 .. j0 + w + 2K are condition frames j0 - K .. j0 + w + K:
         # the window and its context (edge frames replicated past the ends).
         # (contiguous: a time slice is a strided view, and CPU convolutions on strided
         # inputs take a path several times slower.)
         piece = padded[:, :, j0:j0 + window + 2 * context].to(device).contiguous()
-        out[:, :, j0 * tf:(j0 + window) * tf] = generator(piece, z, labels, context=context).float().to(host)
+        result = generator(piece, z, labels, context=context).float().to(host)   # (B, 3, w*tf, H, W)
+        # Only the frames after `done`: a clamped last window leaves its neighbour's
+        # frames as they are (upsample_chunks, which streams, can do the same).
+        out[:, :, done * tf:(j0 + window) * tf] = result[:, :, (done - j0) * tf:]
+        done = j0 + window
         if on_window:
             on_window()
     return out
