@@ -150,7 +150,9 @@ def svg_chart(lines: list[dict], title: str, width: int = 520, height: int = 230
     lines = [line for line in lines if line["points"]]
     if not lines:
         return ""
-    left, right, top, bottom = 52, 12, 26, 30
+    rows = (len(lines) + 2) // 3                       # legend rows, below the plot
+    height += 14 * rows
+    left, right, top, bottom = 52, 12, 26, 30 + 14 * rows
     xs = [x for line in lines for x, _ in line["points"]]
     ys = [y for line in lines for _, y in line["points"]] + [y for y, _ in guides]
     x_ticks, y_ticks = nice_ticks(min(xs), max(xs)), nice_ticks(min(ys), max(ys))
@@ -171,7 +173,7 @@ def svg_chart(lines: list[dict], title: str, width: int = 520, height: int = 230
     for x in x_ticks:
         parts.append(f'<text x="{px(x):.1f}" y="{height - bottom + 14}" class="tick" '
                      f'text-anchor="middle">{fmt(x)}</text>')
-    parts.append(f'<text x="{width - right}" y="{height - 4}" class="tick" text-anchor="end">step</text>')
+    parts.append(f'<text x="{width - right}" y="{height - bottom + 26}" class="tick" text-anchor="end">step</text>')
     for y, label in guides:
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{py(y):.1f}" y2="{py(y):.1f}" class="guide"/>')
         parts.append(f'<text x="{width - right - 2}" y="{py(y) - 3:.1f}" class="tick" '
@@ -185,9 +187,8 @@ def svg_chart(lines: list[dict], title: str, width: int = 520, height: int = 230
         parts.append(f'<polyline data-series="{html.escape(line["key"])}" points="{points}" fill="none" '
                      f'stroke="{line["colour"]}" stroke-width="1.6"{dash}><title>'
                      f'{html.escape(line["label"])}</title></polyline>')
-    legend_x = left + 4
-    for i, line in enumerate(lines):                    # the legend, one row per 3 lines
-        x, y = legend_x + (i % 3) * 150, top + 6 + (i // 3) * 14
+    for i, line in enumerate(lines):                    # the legend, 3 lines per row
+        x, y = left + (i % 3) * 155, height - bottom + 30 + (i // 3) * 14
         dash = ' stroke-dasharray="5,3"' if line.get("dash") else ""
         parts.append(f'<line x1="{x}" x2="{x + 18}" y1="{y}" y2="{y}" stroke="{line["colour"]}" '
                      f'stroke-width="2"{dash}/>')
@@ -221,9 +222,9 @@ def level_section(folder: Path, page_dir: Path, files_dir: Path) -> str:
     """The HTML of one level: charts, samples, strip, config."""
     records = read_log(folder / "log.jsonl")
     name = folder.name
-    out = [f'<h2 id="{html.escape(name)}">{html.escape(name)}</h2>']
+    out = [f'<section id="{html.escape(name)}">\n<h2>{html.escape(name)}</h2>']
     if not records:
-        return out[0] + "<p>log.jsonl is empty: no step has been logged yet.</p>"
+        return out[0] + "<p>log.jsonl is empty: no step has been logged yet.</p></section>"
     last = records[-1]
     ds = discriminators(records)
     out.append(f'<p class="note">{len(records)} log lines, steps {records[0]["step"]}..{last["step"]}; '
@@ -241,7 +242,7 @@ def level_section(folder: Path, page_dir: Path, files_dir: Path) -> str:
     extra = sorted({k for r in records for k in r if "loss" in k and k not in known})
     loss_lines += [{"key": k, "label": k, "colour": COLOURS[(len(ds) + i) % len(COLOURS)],
                     "points": series(records, k)} for i, k in enumerate(extra)]
-    charts = [svg_chart(loss_lines, "Losses", guides=((2.0, "2: D guesses"),))]
+    charts = [svg_chart(loss_lines, "Losses", guides=((2.0, "2: one D guessing"),))]
     # Scores: E[D(x)] (solid) and E[D(G(z))] (dashed) per discriminator, hinge margins at +-1.
     score_lines = []
     for i, d in enumerate(ds):
@@ -296,10 +297,11 @@ def level_section(folder: Path, page_dir: Path, files_dir: Path) -> str:
             state = load_checkpoint(ckpt)
             rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
                            for k, v in sorted(state["config"].items()))
-            out.append(f"<details open><summary>Config (ckpt.pt, step {state['step']})</summary>"
+            out.append(f"<details><summary>Config (ckpt.pt, step {state['step']})</summary>"
                        f"<table>{rows}</table></details>")
         except UserError as error:
             out.append(f"<p>ckpt.pt could not be read: {html.escape(str(error))}</p>")
+    out.append("</section>")
     return "\n".join(out)
 
 
