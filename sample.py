@@ -32,18 +32,38 @@ G.temporal_receptive_field()), then with K >= R every window sees everything its
 output depends on, and the windowed result EQUALS running G on the whole padded
 video at once (`--whole`), up to float rounding. tests/test_sample.py checks both.
 
+Streaming (--stream). The windows make each upsampling level's memory constant,
+but the videos themselves, and level 1's unroll, still grow with the length. Both
+are causal enough to stream: level 1's ConvGRU only looks back, so it can run
+chunk by chunk carrying its hidden states (`level1_chunks`); an upsampling level
+can run a window as soon as the condition frames of its right context exist
+(`upsample_chunks`). Chained as Python generators, the last level pulls windows
+from the one below, which pulls frames from level 1, and finished frames go to
+the mp4 files at once (`write_stream`): memory is the same for any --frames
+(bench.py measures it at 1x, 4x and 16x), and the videos equal the non-streamed
+ones, same seed, to float rounding (tests/test_stream.py).
+
+Your own video (--input). The upsampling levels are a video super-resolution and
+frame-interpolation model: `--input clip.mp4 --from-level L` brings the clip to
+level L's frame size (centre square, area resize, every frame kept) and runs
+levels L+1..N over it, streamed the same way (`upsample_file`).
+
 Commands:
 
     python sample.py                                  # runs/tiny/level{1,2,3}/ckpt.pt -> samples/
     python sample.py --num 16 --frames 128            # 4x the tiny preset's 32 frames
+    python sample.py --num 4 --frames 3200 --stream   # 100x, written as it is generated
+    python sample.py --input clip.mp4                 # upsample a video: x4 frames, x4 pixels on tiny
+    python sample.py --input clip.mp4 --from-level 2  # only level 3: x2 and x2
     python sample.py --runs runs/kinetics600 --class 5 --truncation 1.0 --device cuda
     python sample.py --ckpt a/ckpt.pt b/ckpt.pt c/ckpt.pt --out my_samples
     python sample.py --levels 2                       # stop after level 2
     python sample.py --whole                          # each level over the whole video at once
 
 It writes into --out (default samples/): video_000.mp4, video_001.mp4, ... (one
-per video), grid.mp4 and grid.gif (all videos tiled), and levels.png (the first
-video at every level, coarse to fine, one row per level), and prints the paths.
+per video), grid.mp4 and grid.gif (all videos tiled; no GIF with --stream), and
+levels.png (the first video at every level, coarse to fine, one row per level),
+and prints the paths. --input writes input.mp4, upsampled.mp4 and compare.png.
 
 From Python (metrics.py, bench.py):
 
