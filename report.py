@@ -139,10 +139,12 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
 
 
 def fmt(value: float) -> str:
-    return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.2e}"
+    if value == int(value) and abs(value) < 1e7:
+        return str(int(value))                          # steps: 1000, not 1e+03
+    return f"{value:.3g}"
 
 
-def svg_chart(lines: list[dict], title: str, width: int = 520, height: int = 230,
+def svg_chart(lines: list[dict], title: str, width: int = 500, height: int = 230,
               guides: tuple = ()) -> str:
     """A line chart: lines = [{"key", "label", "points": [(x, y)], "colour", "dash"}].
     Each line is one <polyline data-series="key">; guides are horizontal reference
@@ -188,7 +190,7 @@ def svg_chart(lines: list[dict], title: str, width: int = 520, height: int = 230
                      f'stroke="{line["colour"]}" stroke-width="1.6"{dash}><title>'
                      f'{html.escape(line["label"])}</title></polyline>')
     for i, line in enumerate(lines):                    # the legend, 3 lines per row
-        x, y = left + (i % 3) * 155, height - bottom + 30 + (i // 3) * 14
+        x, y = left + (i % 3) * 150, height - bottom + 30 + (i // 3) * 14
         dash = ' stroke-dasharray="5,3"' if line.get("dash") else ""
         parts.append(f'<line x1="{x}" x2="{x + 18}" y1="{y}" y2="{y}" stroke="{line["colour"]}" '
                      f'stroke-width="2"{dash}/>')
@@ -231,7 +233,7 @@ def level_section(folder: Path, page_dir: Path, files_dir: Path) -> str:
                f'discriminators: {", ".join(NAMES.get(d, d) for d in ds) or "not logged separately (an older run)"}.</p>')
 
     # Losses: the totals and each discriminator's own hinge loss.
-    loss_lines = [{"key": "loss_d", "label": "loss_d (sum, weighted)", "points": series(records, "loss_d"),
+    loss_lines = [{"key": "loss_d", "label": "loss_d (sum)", "points": series(records, "loss_d"),
                    "colour": "#000"},
                   {"key": "loss_g", "label": "loss_g", "points": series(records, "loss_g"),
                    "colour": "#888", "dash": True}]
@@ -252,13 +254,16 @@ def level_section(folder: Path, page_dir: Path, files_dir: Path) -> str:
                          "points": series(records, f"d_{d}_fake"), "dash": True}]
     charts.append(svg_chart(score_lines, "Mean scores: real (solid), generated (dashed)",
                             guides=((1.0, "+1 margin"), (-1.0, "-1 margin"))))
+    if not any(series(records, key) for key in QUALITY):
+        charts.append('<p class="note">No quality metric in this log: train with --eval-every N '
+                      'to evaluate one (c2st, fvd) every N steps.</p>')
     for key, label in QUALITY.items():
         charts.append(svg_chart([{"key": key, "label": label, "colour": "#2ca02c",
                                   "points": series(records, key)}], f"Quality: {label}",
                                 guides=((0.5, "0.5: chance"),) if key == "c2st" else ()))
     checks = sample_checks(folder)
     if checks:
-        def check(key, *path):
+        def check(*path):
             return [(c["step"], _dig(c, path)) for c in checks if _dig(c, path) is not None]
         charts.append(svg_chart(
             [{"key": "condition_error", "label": "mean |down(G(c)) - c|", "colour": "#d62728",

@@ -126,6 +126,9 @@ def test_report_is_valid_html_with_a_curve_per_logged_loss(run):
         scores = parser.series[(level, "Mean scores: real (solid), generated (dashed)")]
         assert sorted(scores) == sorted({k for r in records(run / level) for k in r
                                          if k.startswith("d_") and k.endswith(("_real", "_fake"))})
+    # The upsampling level's sample checks (samples/step_XXXXXX.json), one point per sample grid.
+    assert parser.series[("level2", "Sample checks (samples/step_*.json)")] == [
+        "condition_error", "detail_output", "detail_real"]
     assert parser.series[("level1", "Quality: C2ST accuracy (0.5: indistinguishable)")] == ["c2st"]
     assert ("level2", "Quality: C2ST accuracy (0.5: indistinguishable)") not in parser.series
     assert "http" not in page.read_text().replace("http://www.w3.org/2000/svg", "")
