@@ -18,8 +18,9 @@ This script measures that, and how fast the levels train and the chain samples:
   2. throughput  clips/s and model FLOPs utilisation (MFU) of each level's
                  training iteration (the level scripts' default models, tiny
                  preset), against a matmul peak measured in the same run.
-  3. sampling    frames/s and peak memory of sample.py's pipeline at 1x and 4x
-                 the training horizon.
+  3. sampling    frames/s and peak memory of sample.py's pipeline at 1x, 4x and
+                 16x the training horizon, whole-video and streamed (--stream),
+                 and each one's growth against 1x.
 
     python bench.py --json results.json      # full run (about 7 minutes on 2 CPU cores)
     python bench.py --quick                  # smaller frames (about 3 minutes)
@@ -512,7 +513,7 @@ def bench_throughput(device: torch.device, iterations: int, threads: int, sn_cac
 
 
 # ----------------------------------------------------------------------------------
-# 3. Sampling: the whole chain at 1x and 4x the training horizon.
+# 3. Sampling: the whole chain at 1x, 4x and 16x the training horizon, whole and streamed.
 # ----------------------------------------------------------------------------------
 
 def random_chain(preset: str, device) -> sample.Chain:
@@ -543,28 +544,45 @@ class PeakPerCall:
         return out
 
 
-def sampling_worker(horizon: int, num: int, runs: str | None, device: str, measure: str) -> dict:
+def sampling_worker(horizon: int, num: int, runs: str | None, device: str, measure: str,
+                    stream: bool = False) -> dict:
     """Runs in a fresh process: sample `num` videos of `horizon` x the training length.
     measure="speed": frames/s of the whole pipeline; "memory": its peak memory, and
-    stage by stage."""
+    stage by stage. stream=False: `sample.generate` (the videos end up in memory, as
+    `python sample.py --frames F` holds them before writing); stream=True:
+    `sample.write_stream`, as `python sample.py --frames F --stream` runs it, mp4
+    files included (into a temporary folder; ffmpeg's own processes are not counted)."""
+    import tempfile
+
     device = resolve_device(device)
     chain = (sample.load_chain(runs=runs, device=device) if runs else random_chain("tiny", device))
     frames = chain.frames * horizon
     sample.generate(chain, 1, frames=chain.frames)                # warm-up
+
+    def pipeline():
+        if not stream:
+            return sample.generate(chain, num, seed=0, frames=frames, batch_size=num)
+        with tempfile.TemporaryDirectory() as out:
+            sample.write_stream(out, chain, num, seed=0, frames=frames, batch_size=num)
+        return None
+
     if measure == "speed":
-        # The whole pipeline, as `python sample.py --frames F` runs it; best of two runs.
+        # The whole pipeline; best of two runs.
         times = []
         for _ in range(2):
             start = time.perf_counter()
-            sample.generate(chain, num, seed=0, frames=frames, batch_size=num)
+            pipeline()
             synchronize(device)
             times.append(time.perf_counter() - start)
         return {"frames": frames, "videos": num, "seconds": min(times),
                 "frames_per_s": num * frames / min(times)}
     with PeakMemory(device) as peak:
-        videos = sample.generate(chain, num, seed=0, frames=frames, batch_size=num)
-    result = {"peak_bytes": peak.bytes, "output_bytes": videos.numel() * videos.element_size()}
+        videos = pipeline()
+    video_bytes = num * 3 * frames * chain.size**2 * 4
+    result = {"peak_bytes": peak.bytes, "output_bytes": video_bytes}
     del videos
+    if stream:
+        return result
     # Stage by stage: level 1 (an RNN over all frames, the whole video at once), then
     # each upsampling level in windows (the peak of one window).
     unroll, _ = sample.level_frames(chain, frames)
@@ -588,15 +606,25 @@ def sampling_worker(horizon: int, num: int, runs: str | None, device: str, measu
     return result
 
 
+SAMPLING_HORIZONS = (1, 4, 16)
+
+
 def bench_sampling(device: torch.device, num: int, runs: str | None) -> dict:
-    results = {"source": runs or "random weights, the level scripts' default sizes (tiny preset)"}
-    for horizon in (1, 4):
-        task = {"task": "sampling", "horizon": horizon, "num": num, "runs": runs, "device": str(device)}
-        r = results[f"{horizon}x"] = {**run_worker({**task, "measure": "speed"}),
-                                      **run_worker({**task, "measure": "memory"}, memory=True)}
-        print(f"  sampling {horizon}x: {r['frames']} frames, {r['frames_per_s']:.1f} frames/s, "
-              f"peak {mib(r['peak_bytes']):.1f} MiB, generators {mib(r['generators_peak_bytes']):.1f} MiB",
-              flush=True)
+    """The whole pipeline at 1x, 4x and 16x the training horizon, whole-video
+    ("1x", "4x", "16x": generate) and streamed ("stream", {"1x": ...}: write_stream)."""
+    results = {"source": runs or "random weights, the level scripts' default sizes (tiny preset)",
+               "stream": {}}
+    for stream in (False, True):
+        for horizon in SAMPLING_HORIZONS:
+            task = {"task": "sampling", "horizon": horizon, "num": num, "runs": runs,
+                    "device": str(device), "stream": stream}
+            r = {**run_worker({**task, "measure": "speed"}),
+                 **run_worker({**task, "measure": "memory"}, memory=True)}
+            (results["stream"] if stream else results)[f"{horizon}x"] = r
+            print(f"  sampling {horizon}x{' streamed' if stream else ''}: {r['frames']} frames, "
+                  f"{r['frames_per_s']:.1f} frames/s, peak {mib(r['peak_bytes']):.1f} MiB"
+                  + (f", generators {mib(r['generators_peak_bytes']):.1f} MiB" if not stream else ""),
+                  flush=True)
     one, four = results["1x"], results["4x"]
     results["ratio_4x_1x"] = {
         "peak": four["peak_bytes"] / one["peak_bytes"],
@@ -604,6 +632,10 @@ def bench_sampling(device: torch.device, num: int, runs: str | None) -> dict:
         "level1": four["level1_peak_bytes"] / one["level1_peak_bytes"],
         "windows": {l: four["window_peak_bytes"][l] / one["window_peak_bytes"][l]
                     for l in one["window_peak_bytes"]}}
+    # Growth of the whole pipeline's peak against 1x: whole-video and streamed.
+    results["growth"] = {kind: {f"{h}x": where[f"{h}x"]["peak_bytes"] / where["1x"]["peak_bytes"]
+                                for h in SAMPLING_HORIZONS[1:]}
+                         for kind, where in (("whole", results), ("stream", results["stream"]))}
     return results
 
 
@@ -649,7 +681,7 @@ def print_tables(results: dict) -> None:
         print(f"\nSampling ({s['source']}); memory in MiB")
         print(f"{'horizon':>8s}{'frames':>8s}{'frames/s':>10s}{'peak':>8s}{'videos':>8s}"
               f"{'level 1':>9s}{'windows':>18s}{'generators':>12s}")
-        for horizon in ("1x", "4x"):
+        for horizon in [h for h in ("1x", "4x", "16x") if h in s]:
             r = s[horizon]
             windows = " / ".join(f"{mib(b):.1f}" for b in r["window_peak_bytes"].values())
             print(f"{horizon:>8s}{r['frames']:8d}{r['frames_per_s']:10.1f}{mib(r['peak_bytes']):8.1f}"
@@ -660,6 +692,13 @@ def print_tables(results: dict) -> None:
               f"(level 1 {ratio['level1']:.2f}x, windows "
               + ", ".join(f"level {l} {r:.2f}x" for l, r in ratio["windows"].items())
               + f"); generators within 10%: {'yes' if ratio['generators'] <= 1.10 else 'NO'}")
+        if "growth" in s:
+            print("\nWhole pipeline's peak memory (MiB), whole-video (generate) vs streamed (--stream)")
+            print(f"{'':8s}" + "".join(f"{h:>10s}" for h in s["stream"]) + f"{'16x/1x':>10s}")
+            for kind, where in (("whole", s), ("stream", s["stream"])):
+                print(f"{kind:8s}" + "".join(f"{mib(where[h]['peak_bytes']):10.1f}" for h in s["stream"])
+                      + f"{s['growth'][kind]['16x']:9.2f}x")
+            print(f"streamed growth at 16x within 10%: {'yes' if s['growth']['stream']['16x'] <= 1.10 else 'NO'}")
 
 
 def machine_info(device: torch.device) -> dict:

@@ -615,3 +615,16 @@ def hinge_d_loss(real_scores, fake_scores):
 def hinge_g_loss(fake_scores):
     """-E[D(G(z))]: scores (B,) -> scalar."""
     return -fake_scores.float().mean()
+
+
+def discriminator_stats(names, real_scores, fake_scores) -> dict:
+    """What the log shows of each discriminator (report.py draws it), detached:
+    d_<name>_loss = E[relu(1 - D(x))] + E[relu(1 + D(G(z)))] (its own hinge loss,
+    unweighted), d_<name>_real = E[D(x)] and d_<name>_fake = E[D(G(z))] (its mean scores).
+    names, real_scores, fake_scores: parallel sequences, one entry per discriminator."""
+    stats = {}
+    for name, real, fake in zip(names, real_scores, fake_scores):
+        real, fake = real.detach().float(), fake.detach().float()
+        stats[f"d_{name}_loss"] = hinge_d_loss(real, fake)
+        stats[f"d_{name}_real"], stats[f"d_{name}_fake"] = real.mean(), fake.mean()
+    return stats

@@ -34,8 +34,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from data import LevelDataset, UserError, level_spec, make_dataset, make_loader, video_grid
-from discriminators import (SpatialDiscriminator, TemporalDiscriminator, hinge_d_loss,
-                            hinge_g_loss, orthogonal_init, sn_conv2d, sn_linear)
+from discriminators import (SpatialDiscriminator, TemporalDiscriminator, discriminator_stats,
+                            hinge_d_loss, hinge_g_loss, orthogonal_init, sn_conv2d, sn_linear)
 from training import (autocast, check_architecture, check_finite, checkpoint_state, Chores,
                       load_checkpoint, make_grad_scaler, option, parse_config,
                       per_rank_batch, prepare_out_dir, resolve_amp, restore_checkpoint,
@@ -333,6 +333,8 @@ def main(argv=None) -> None:
                     real_scores = d_scores(real, labels)
                     fake_scores = d_scores(fake, fake_labels)
                     loss_d = sum(w * hinge_d_loss(r, f) for (w, r), (_, f) in zip(real_scores, fake_scores))
+                    d_stats = discriminator_stats(("spatial", "temporal"), [r for _, r in real_scores],
+                                                  [f for _, f in fake_scores])   # for the log
                 d_opt.zero_grad(set_to_none=True)
                 d_scaler.scale(loss_d).backward()
                 d_scaler.step(d_opt)
@@ -360,7 +362,7 @@ def main(argv=None) -> None:
             update_ema(ema_generator, unwrap(generator), cfg.ema_decay if step >= cfg.ema_start else 0.0)
             step += 1
             # ---- Log, samples, FVD, checkpoint (rank 0), Ctrl-C: training.Chores. -----
-            chores.after_step(step, loss_d, loss_g, seen=cfg.batch_size * (cfg.d_steps + 1))
+            chores.after_step(step, loss_d, loss_g, seen=cfg.batch_size * (cfg.d_steps + 1), stats=d_stats)
     chores.finish(step)
 
 

@@ -338,10 +338,11 @@ class Chores:
     """Everything a training loop does between steps, in one place for both levels.
 
     After each step, `after_step` does, on rank 0: the progress bar, a log.jsonl
-    line every `log_every` steps (loss_d, loss_g, throughput, FVD when an evaluator
-    is given), the sample grid every `sample_every` steps, the checkpoint every
-    `ckpt_every` steps (and at the last step); and on every rank it ends the run
-    cleanly after a Ctrl-C (see StopRequest), saving the step just finished.
+    line every `log_every` steps (loss_d, loss_g, each discriminator's loss and
+    scores, throughput, FVD when an evaluator is given), the sample grid every
+    `sample_every` steps, the checkpoint every `ckpt_every` steps (and at the last
+    step); and on every rank it ends the run cleanly after a Ctrl-C (see
+    StopRequest), saving the step just finished.
     Use it as a context manager around the loop, then call `finish(step)`.
     """
 
@@ -363,8 +364,11 @@ class Chores:
     def __exit__(self, *exc):
         return self.stop.__exit__(*exc)
 
-    def after_step(self, step: int, loss_d: torch.Tensor, loss_g: torch.Tensor, seen: int) -> None:
-        """`step` counts completed steps; `seen`: examples this step used (all ranks)."""
+    def after_step(self, step: int, loss_d: torch.Tensor, loss_g: torch.Tensor, seen: int,
+                   stats: dict | None = None) -> None:
+        """`step` counts completed steps; `seen`: examples this step used (all ranks);
+        `stats`: more numbers for the log line, {name: scalar tensor} (each
+        discriminator's loss and scores: discriminators.discriminator_stats)."""
         cfg, last = self.cfg, step == self.cfg.steps
         self.seen += seen
         if self.dist.is_main:
@@ -374,6 +378,7 @@ class Chores:
                 elapsed, self.tick = time.time() - self.tick, time.time()
                 record = {"step": step, "loss_d": loss_d.item(), "loss_g": loss_g.item(),
                           f"{self.unit}_per_s": self.seen / max(elapsed, 1e-9)}
+                record.update({name: value.item() for name, value in (stats or {}).items()})
                 self.seen = 0
                 if evaluate_now:   # two-sample test (and FVD) of the EMA generator: metrics.TrainingEvaluator
                     record.update(self.evaluate(step))

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from data import (LevelDataset, UserError, down, level_spec, make_dataset, make_loader,
                   num_levels, pad_condition, video_grid)
 from discriminators import (MatchingDiscriminator, SpatialDiscriminator, TemporalDiscriminator,
-                            hinge_d_loss, hinge_g_loss, orthogonal_init, sn_conv2d, sn_conv3d)
+                            discriminator_stats, hinge_d_loss, hinge_g_loss, orthogonal_init,
+                            sn_conv2d, sn_conv3d)
 from level1 import ConditionalBatchNorm, Level1Generator, UpBlock
 from training import (autocast, check_architecture, check_finite, checkpoint_state, Chores,
                       load_checkpoint, make_grad_scaler, option, parse_config,
@@ -529,6 +530,7 @@ def main(argv=None) -> None:
                     real_scores = scores(condition, real, labels)
                     fake_scores = scores(condition, fake, labels)
                     loss_d = sum(weights[n] * hinge_d_loss(real_scores[n], fake_scores[n]) for n in real_scores)
+                    d_stats = discriminator_stats(real_scores, real_scores.values(), fake_scores.values())
                 d_opt.zero_grad(set_to_none=True)
                 d_scaler.scale(loss_d).backward()
                 d_scaler.step(d_opt)
@@ -563,7 +565,7 @@ def main(argv=None) -> None:
             update_ema(ema_generator, unwrap(generator), cfg.ema_decay if step >= cfg.ema_start else 0.0)
             step += 1
             # ---- Log, samples, FVD, checkpoint (rank 0), Ctrl-C: training.Chores. -----
-            chores.after_step(step, loss_d, loss_g, seen=cfg.batch_size * (cfg.d_steps + 1))
+            chores.after_step(step, loss_d, loss_g, seen=cfg.batch_size * (cfg.d_steps + 1), stats=d_stats)
     chores.finish(step)
 
 
