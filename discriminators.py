@@ -480,21 +480,26 @@ class _VideoDiscriminator(nn.Module):
 
 
 class TemporalDiscriminator(_VideoDiscriminator):
-    """D_T: judges motion on the whole clip at half resolution.
+    """D_T: judges motion on the whole clip, by default at half resolution.
 
     The paper's D_T (from DVD-GAN) sees the clip 2x average-pooled in space:
     motion is visible at low resolution, and halving H and W makes the costly
     3-D convolutions 4x cheaper.  Frame detail is D_S's job.
-    (B, C, T, H, W) -> (B,);  H = W = resolution, blocks laid out for resolution/2.
+    pool_input=False keeps full resolution. The upsampling levels need it: their
+    new frames differ from a cross-fade of the condition frames only by motions
+    of about one *output* pixel, which 2x pooling averages away, so a pooled D_T
+    cannot tell an object that moves from one that fades out and in again (and
+    the generator, never told, learns the cross-fade).
+    (B, C, T, H, W) -> (B,);  H = W = resolution.
     """
 
-    def __init__(self, in_channels=3, ch=32, resolution=64, num_classes=0):
-        if resolution < 16:
+    def __init__(self, in_channels=3, ch=32, resolution=64, num_classes=0, pool_input=True):
+        if pool_input and resolution < 16:
             raise ValueError(
                 f"TemporalDiscriminator pools frames 2x, so resolution must be >= 16, got {resolution}"
             )
-        super().__init__(in_channels, ch, resolution // 2, num_classes)
-        self.input_resolution = resolution
+        super().__init__(in_channels, ch, resolution // 2 if pool_input else resolution, num_classes)
+        self.input_resolution, self.pool_input = resolution, pool_input
 
     @staticmethod
     def pool(video):
@@ -503,7 +508,9 @@ class TemporalDiscriminator(_VideoDiscriminator):
 
     def forward(self, video, labels=None):
         _check_square(video, self.input_resolution, "TemporalDiscriminator")
-        return self.score(self.pool(video), labels)  # (B, C, T, H/2, W/2) -> (B,)
+        if self.pool_input:
+            video = self.pool(video)  # (B, C, T, H, W) -> (B, C, T, H/2, W/2)
+        return self.score(video, labels)  # -> (B,)
 
 
 # ---------------------------------------------------------------------------

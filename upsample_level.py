@@ -81,7 +81,11 @@ class UpsampleConfig(TrainConfig):
     # The matching discriminator.
     matching: bool = option(True, "use the matching discriminator D_M (--no-matching: ablation)")
     matching_pool: bool = option(True, "D_M sees the (condition, output) pair 2x average-pooled in "
-                                       "space: the condition has no finer detail to match")
+                                       "space (cheaper; --no-matching-pool: full resolution, which "
+                                       "sees output-pixel mismatches)")
+    temporal_pool: bool = option(True, "D_T sees the output crop 2x average-pooled in space, as "
+                                       "level 1's (cheaper; --no-temporal-pool: full resolution, "
+                                       "where a one-pixel move and a cross-fade differ)")
     matching_weight: float = option(1.0, "weight of the matching discriminator's loss", "[0, inf)",
                                     zero_means="D_M has no effect (--no-matching does not even build it)")
     # Model.
@@ -124,7 +128,7 @@ class UpsampleConfig(TrainConfig):
 
 
 ARCHITECTURE_FIELDS = ("preset", "level", "class_conditional", "z_dim", "g_ch", "d_ch",
-                       "encoder_blocks", "matching", "matching_pool")
+                       "encoder_blocks", "matching", "matching_pool", "temporal_pool")
 
 
 # ----------------------------------------------------------------------------------
@@ -392,7 +396,8 @@ def main(argv=None) -> None:
                                   cfg.encoder_blocks, num_classes).to(device)
     discriminators = {
         "spatial": SpatialDiscriminator(3, cfg.d_ch, size, cfg.k_frames, num_classes).to(device),
-        "temporal": TemporalDiscriminator(3, cfg.d_ch, size, num_classes).to(device),
+        "temporal": TemporalDiscriminator(3, cfg.d_ch, size, num_classes,
+                                          pool_input=cfg.temporal_pool).to(device),
     }
     if cfg.matching:
         discriminators["matching"] = MatchingDiscriminator(3, cfg.d_ch, size, num_classes,
@@ -410,6 +415,7 @@ def main(argv=None) -> None:
     step = 0
     if cfg.resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, level=cfg.level, preset=cfg.preset)
+        ckpt["config"].setdefault("temporal_pool", True)   # written before the flag existed: pooled
         check_architecture(ckpt["config"], cfg, ARCHITECTURE_FIELDS, ckpt_path)
         step = restore_checkpoint(ckpt, models, optimizers, ckpt_path)
         if dist.is_main:
