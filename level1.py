@@ -106,12 +106,12 @@ class UpBlock(nn.Module):
         out = h + conv_1x1(upsample2x(x))
     """
 
-    def __init__(self, in_ch: int, out_ch: int, cond_dim: int):
+    def __init__(self, in_ch: int, out_ch: int, cond_dim: int, padding_mode: str = "zeros"):
         super().__init__()
         self.bn1 = ConditionalBatchNorm(in_ch, cond_dim)
-        self.conv1 = sn_conv2d(in_ch, out_ch, 3, padding=1)
+        self.conv1 = sn_conv2d(in_ch, out_ch, 3, padding=1, padding_mode=padding_mode)
         self.bn2 = ConditionalBatchNorm(out_ch, cond_dim)
-        self.conv2 = sn_conv2d(out_ch, out_ch, 3, padding=1)
+        self.conv2 = sn_conv2d(out_ch, out_ch, 3, padding=1, padding_mode=padding_mode)
         self.shortcut = sn_conv2d(in_ch, out_ch, 1)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

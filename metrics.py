@@ -1092,13 +1092,16 @@ def upsample_real(chain, index: int, condition: torch.Tensor, labels: torch.Tens
 
 def level_table(chain, data_name="synthetic", data_root=None, num: int = 256, seed: int = 0,
                 protocol: C2STProtocol | None = None, long_factor: int = 4,
-                log=print) -> dict:
+                log=print, strips=None) -> dict:
     """Score every level of `chain` (sample.load_chain) alone and in the chain.
 
     -> {"levels": [{"level", "shape", "chain": {c2st, c2st_std, motion_ratio, ...,
     condition_error}, "real_condition": {...} (levels >= 2)}, ...],
     "long": {"factor", "frames", "motion_by_quarter", "last_over_first"},
-    "protocol": ..., "num": ..., "seed": ...}.
+    "protocol": ..., "num": ..., "seed": ...}. With `strips` (a folder), also writes
+    level<l>.png per level: for 3 clips, rows of real frames, the level's output on
+    their real conditions and (another video) its output in the chain: look at them
+    beside the numbers.
     """
     import sample
     from upsample_level import condition_error
@@ -1118,6 +1121,9 @@ def level_table(chain, data_name="synthetic", data_root=None, num: int = 256, se
             row["real_condition"]["condition_error"] = condition_error(alone, condition, spec)
         rows.append(row)
         log(format_level_row(row))
+        if strips is not None:
+            write_level_strip(Path(strips) / f"level{spec.level}.png", real, alone if index > 0 else None,
+                              in_chain)
     # A long sample: freezing past the training horizon shows in the last quarter.
     long = sample.generate(chain, min(num, 64), seed=seed, frames=long_factor * chain.frames)
     quarters = motion_by_segment(long, 4)
@@ -1128,6 +1134,18 @@ def level_table(chain, data_name="synthetic", data_root=None, num: int = 256, se
         + " ".join(f"{q:.4f}" for q in quarters)
         + f"; last / first = {result['long']['last_over_first']:.2f}")
     return result
+
+
+def write_level_strip(path, real, alone, in_chain, clips: int = 3, frames: int = 8) -> None:
+    """A PNG of `frames` frames per row: for each of `clips` clips, the real clip, the
+    level's output on its real condition (when there is one), and a chain sample."""
+    import data
+    rows = []
+    for i in range(clips):
+        rows += [real[i, :, :frames]] + ([alone[i, :, :frames]] if alone is not None else [])
+        rows.append(in_chain[i, :, :frames])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data.write_image(path, data.contact_sheet(rows, size=max(64, real.shape[-1])))
 
 
 LEVEL_TABLE_HEADER = ("| level | shape | two-sample acc., real condition | two-sample acc., in chain "
@@ -1293,6 +1311,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--per-level", action="store_true",
                       help="with --runs/--ckpt: score every level alone (on real conditions) and "
                            "in the chain, and motion per quarter at 4x the horizon")
+    what.add_argument("--strips", default=None,
+                      help="with --per-level: write level<l>.png into this folder, real clips beside "
+                           "the level's output on their conditions and in the chain")
     what.add_argument("--calibrate", action="store_true",
                       help="the calibration table: real clips vs real clips of another seed, "
                            "frozen, time-reversed, shuffled, blurred, noisy (and the chain's "
@@ -1507,7 +1528,7 @@ def main(argv=None) -> dict:
               f"{c2st_protocol.seeds} judge seeds")
         print(LEVEL_TABLE_HEADER)
         result = level_table(chain, args.real, args.real_root, c2st_protocol.num_videos, args.seed,
-                             c2st_protocol)
+                             c2st_protocol, strips=args.strips)
         result["c2st_protocol"] = result.pop("protocol")
     else:
         real, fake, real_spec, fake_spec = collect_clips(args, protocol, c2st_protocol, chain)

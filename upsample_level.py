@@ -89,6 +89,9 @@ class UpsampleConfig(TrainConfig):
     matching_weight: float = option(1.0, "weight of the matching discriminator's loss", "[0, inf)",
                                     zero_means="D_M has no effect (--no-matching does not even build it)")
     # Model.
+    padding: str = option("zeros", "how G's convolutions pad frame borders: zeros, or replicate "
+                                   "(edge pixels repeated: crop borders look like content)",
+                          choices=["zeros", "replicate"])
     encoder_blocks: int = option(1, "3-D residual blocks that read the condition (each adds 2 "
                                     "condition frames of temporal receptive field)", "[0, inf)",
                                  zero_means="none (ablation)")
@@ -128,7 +131,7 @@ class UpsampleConfig(TrainConfig):
 
 
 ARCHITECTURE_FIELDS = ("preset", "level", "class_conditional", "z_dim", "g_ch", "d_ch",
-                       "encoder_blocks", "matching", "matching_pool", "temporal_pool")
+                       "encoder_blocks", "matching", "matching_pool", "temporal_pool", "padding")
 
 
 # ----------------------------------------------------------------------------------
@@ -143,12 +146,12 @@ class EncoderBlock3d(nn.Module):
     by 2 condition frames (1 per convolution, on each side).
     """
 
-    def __init__(self, channels: int, cond_dim: int):
+    def __init__(self, channels: int, cond_dim: int, padding_mode: str = "zeros"):
         super().__init__()
         self.bn_a = ConditionalBatchNorm(channels, cond_dim)
-        self.conv_a = sn_conv3d(channels, channels, 3, padding=1)
+        self.conv_a = sn_conv3d(channels, channels, 3, padding=1, padding_mode=padding_mode)
         self.bn_b = ConditionalBatchNorm(channels, cond_dim)
-        self.conv_b = sn_conv3d(channels, channels, 3, padding=1)
+        self.conv_b = sn_conv3d(channels, channels, 3, padding=1, padding_mode=padding_mode)
 
     def _norm(self, bn, x, cond):
         # Conditional BN is 2-D: fold time into the batch and back.
@@ -207,7 +210,7 @@ class UpsampleGenerator(nn.Module):
     """
 
     def __init__(self, time_factor: int, space_factor: int, z_dim: int = 64, ch: int = 32,
-                 encoder_blocks: int = 1, num_classes: int = 0):
+                 encoder_blocks: int = 1, num_classes: int = 0, padding_mode: str = "zeros"):
         super().__init__()
         self.time_factor, self.space_factor = time_factor, space_factor
         self.z_dim, self.num_classes, self.encoder_blocks = z_dim, num_classes, encoder_blocks
@@ -218,14 +221,20 @@ class UpsampleGenerator(nn.Module):
         enc_ch = ch * 2**ups
         self.embed = nn.Embedding(num_classes, z_dim) if num_classes else None
         cond_dim = 2 * z_dim if num_classes else z_dim
-        self.stem = sn_conv3d(3, enc_ch, (1, 3, 3), padding=(0, 1, 1))
-        self.encoder = nn.ModuleList(EncoderBlock3d(enc_ch, cond_dim) for _ in range(encoder_blocks))
+        # padding_mode="replicate": a border pixel is padded with its own value, so a
+        # crop's edge (which training sees everywhere, spatial crops being small) looks
+        # like content running on, not like a black frame; the generator then has no
+        # border to learn, and none to draw at the whole frame's left and right edges.
+        pad = dict(padding_mode=padding_mode)
+        self.stem = sn_conv3d(3, enc_ch, (1, 3, 3), padding=(0, 1, 1), **pad)
+        self.encoder = nn.ModuleList(EncoderBlock3d(enc_ch, cond_dim, padding_mode)
+                                     for _ in range(encoder_blocks))
         # Learned temporal upsampling: one conv gives tf sub-frames' features per frame.
-        self.to_subframes = sn_conv3d(enc_ch, enc_ch * time_factor, (1, 3, 3), padding=(0, 1, 1))
+        self.to_subframes = sn_conv3d(enc_ch, enc_ch * time_factor, (1, 3, 3), padding=(0, 1, 1), **pad)
         self.up_blocks = nn.ModuleList(
-            UpBlock(ch * 2 ** (ups - i), ch * 2 ** (ups - i - 1), cond_dim) for i in range(ups))
+            UpBlock(ch * 2 ** (ups - i), ch * 2 ** (ups - i - 1), cond_dim, padding_mode) for i in range(ups))
         self.out_bn = nn.BatchNorm2d(ch)
-        self.to_rgb = sn_conv2d(ch, 3, 3, padding=1)
+        self.to_rgb = sn_conv2d(ch, 3, 3, padding=1, **pad)
         # The learned detail starts small, so a fresh generator is close to the
         # interpolated condition (a sensible upsampler) and learns what to add.
         self.detail_gain = nn.Parameter(torch.tensor(0.1))
@@ -272,7 +281,8 @@ def build_generator(config: dict, num_classes: int) -> UpsampleGenerator:
     """Rebuild the generator from a checkpoint's config (used by sample.py)."""
     spec = level_spec(config["preset"], config["level"])
     return UpsampleGenerator(spec.time_factor, spec.space_factor, config["z_dim"], config["g_ch"],
-                             config["encoder_blocks"], num_classes if config["class_conditional"] else 0)
+                             config["encoder_blocks"], num_classes if config["class_conditional"] else 0,
+                             config.get("padding", "zeros"))
 
 
 def crop_settings(cfg: UpsampleConfig):
@@ -393,7 +403,7 @@ def main(argv=None) -> None:
 
     torch.manual_seed(cfg.seed)                     # identical initial weights on every rank
     generator = UpsampleGenerator(spec.time_factor, spec.space_factor, cfg.z_dim, cfg.g_ch,
-                                  cfg.encoder_blocks, num_classes).to(device)
+                                  cfg.encoder_blocks, num_classes, cfg.padding).to(device)
     discriminators = {
         "spatial": SpatialDiscriminator(3, cfg.d_ch, size, cfg.k_frames, num_classes).to(device),
         "temporal": TemporalDiscriminator(3, cfg.d_ch, size, num_classes,
@@ -415,7 +425,8 @@ def main(argv=None) -> None:
     step = 0
     if cfg.resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, level=cfg.level, preset=cfg.preset)
-        ckpt["config"].setdefault("temporal_pool", True)   # written before the flag existed: pooled
+        ckpt["config"].setdefault("temporal_pool", True)   # written before these flags existed
+        ckpt["config"].setdefault("padding", "zeros")
         check_architecture(ckpt["config"], cfg, ARCHITECTURE_FIELDS, ckpt_path)
         step = restore_checkpoint(ckpt, models, optimizers, ckpt_path)
         if dist.is_main:

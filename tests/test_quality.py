@@ -139,7 +139,7 @@ class NearestUpsampler(torch.nn.Module):
         return video.repeat_interleave(self.space_factor, 3).repeat_interleave(self.space_factor, 4)
 
 
-def test_per_level_evaluation_feeds_each_level_down_of_the_clips_it_is_compared_with(monkeypatch):
+def test_per_level_evaluation_feeds_each_level_down_of_the_clips_it_is_compared_with(monkeypatch, tmp_path):
     from level1 import Level1Generator
     specs = [level_spec("tiny", level) for level in (1, 2, 3)]
     torch.manual_seed(0)
@@ -151,7 +151,7 @@ def test_per_level_evaluation_feeds_each_level_down_of_the_clips_it_is_compared_
     monkeypatch.setattr(metrics, "quality", lambda real, fake, protocol=None: (
         compared.append((real, fake)) or real_quality(real, fake, protocol)))
     table = metrics.level_table(chain, num=8, protocol=metrics.C2STProtocol(num_videos=8, seeds=1, epochs=1),
-                                log=lambda line: None)
+                                log=lambda line: None, strips=tmp_path)
     rows = table["levels"]
     assert [row["level"] for row in rows] == [1, 2, 3] and "real_condition" not in rows[0]
     # Calls: level 1 (chain); level 2 (chain, alone); level 3 (chain, alone).
@@ -166,6 +166,7 @@ def test_per_level_evaluation_feeds_each_level_down_of_the_clips_it_is_compared_
     training_clip = make_dataset("synthetic", None, "tiny", 2, seed=0)[0][0]
     assert not torch.equal(compared[2][0][0], training_clip)
     assert len(table["long"]["motion_by_quarter"]) == 4 and table["long"]["frames"] == 4 * 32
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["level1.png", "level2.png", "level3.png"]
 
 
 # ----------------------------------------------------------------------------------
