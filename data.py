@@ -436,7 +436,8 @@ def make_dataset(data, data_root, preset, level, seed=0, frame_stride=None, rand
 class LevelDataset(Dataset):
     """Training examples of one level, indexed by GLOBAL sample position.
 
-    position = step * global_batch + rank * local_batch + i. Everything random about
+    position = batch * global_batch + rank * local_batch + i, where batch counts the real
+    batches drawn (d_steps of them per generator step). Everything random about
     the example at a position is drawn from numpy.random.default_rng([seed, position]),
     and the base video is chosen by position too:
       unbounded base (synthetic): base index = position, every video fresh;
@@ -890,7 +891,8 @@ class VideoFolder(Dataset):
         if not self.videos:
             raise UserError(f"found {len(videos)} videos under {str(self.root)!r} but none is usable "
                             f"({reasons}; e.g. {named}); a clip needs {self.clip_frames} frames at "
-                            f"stride {frame_stride}. Check the files, or lower --frame-stride")
+                            f"stride {frame_stride}. Check the files, or build a cache with a smaller "
+                            f"stride: python data.py prepare --frame-stride N ... (then --data cache)")
         if skipped:
             # Once, when the dataset is built: not once per bad file, not once per epoch.
             warnings.warn(f"skipped {len(videos) - len(self.videos)} of {len(videos)} videos under "
