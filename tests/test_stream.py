@@ -21,20 +21,8 @@ from torch.utils._pytree import tree_flatten
 import data
 import sample
 from data import UserError
-from test_sample import StandIn, make_generator, write_runs
+from test_sample import StandIn, make_generator, tiny_chain, tiny_runs  # noqa: F401 (shared fixtures)
 from training import checkpoint_state, save_checkpoint
-
-
-@pytest.fixture(scope="module")
-def tiny_runs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("runs") / "tiny"
-    write_runs(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_chain(tiny_runs):
-    return sample.load_chain(runs=tiny_runs)
 
 
 class LiveBytes(TorchDispatchMode):
