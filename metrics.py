@@ -578,9 +578,13 @@ def quantize(videos: torch.Tensor) -> torch.Tensor:
 def common_shape(*shapes, max_frames: int = 32, max_size: int = 64) -> tuple[int, int]:
     """One (frames, size) for clip sets of shapes (..., T, H, W): the smallest of each,
     capped. Taking the smaller means never inventing detail or frames that one of
-    the sets does not have; the caps keep the judge's cost fixed for large clips."""
+    the sets does not have; the caps keep the judge's cost fixed for large clips.
+    The size is rounded down to a multiple of the judge's 4-pixel patches."""
     frames = min(min(s[-3] for s in shapes), max_frames)
     size = min(min(min(s[-2], s[-1]) for s in shapes), max_size)
+    # The judge reads 4x4 patches: round down to a multiple of 4 (30 px -> 28 px).
+    if size >= 4:
+        size -= size % 4
     return frames, size
 
 
@@ -718,6 +722,9 @@ def c2st(real: torch.Tensor, fake: torch.Tensor, protocol: C2STProtocol | None =
     real, fake = real[:protocol.num_videos], fake[:protocol.num_videos]
     frames, size = common_shape(real.shape, fake.shape, max_frames=protocol.max_frames,
                                 max_size=protocol.max_size)
+    if frames < 2 or size < PATCH:
+        raise UserError(f"clips of {frames} frame(s) at {size}x{size} are too small for the two-sample "
+                        f"test: it needs at least 2 frames (it reads motion) and {PATCH}x{PATCH} pixels")
     real = quantize(to_shape(real, frames, size))
     fake = quantize(to_shape(fake, frames, size))
     accuracies = [two_sample_accuracy(real, fake, seed, protocol.epochs, protocol.width)

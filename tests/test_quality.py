@@ -74,8 +74,13 @@ def test_sets_of_different_shapes_meet_at_the_smaller_one():
     torch.testing.assert_close(metrics.to_shape(fine, frames, size), down(fine, 1, 2)[:, :, :16])
     assert metrics.to_shape(coarse, frames, size) is coarse or torch.equal(
         metrics.to_shape(coarse, frames, size), coarse)
-    # Caps keep the judge's cost bounded for large clips.
+    # Caps keep the judge's cost bounded for large clips; sizes become multiples of
+    # the judge's 4-pixel patches.
     assert metrics.common_shape((3, 48, 256, 256), max_frames=32, max_size=64) == (32, 64)
+    assert metrics.common_shape((3, 16, 30, 40)) == (16, 28)
+    from data import UserError
+    with pytest.raises(UserError, match="too small"):
+        metrics.c2st(fine[:, :, :1], fine[:, :, :1])
 
 
 def test_the_judge_sees_motion_through_frame_differences():
