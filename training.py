@@ -158,6 +158,8 @@ class TrainConfig:
     amp: str = option("auto", "mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16, off",
                       choices=["auto", "bf16", "fp16", "off"])
     compile: bool = option(False, "torch.compile the generator and discriminators")
+    tensorboard: bool = option(False, "also log every log.jsonl row as TensorBoard scalars in "
+                                      "<out>/tensorboard (needs the tensorboard package)")
     num_samples: int = option(16, "videos in each sample grid", "[1, inf)")
     eval_every: int = option(0, "steps between quality evaluations of the EMA generator: the "
                                 "two-sample accuracy (no download needed), plus FVD with --i3d",
@@ -196,6 +198,12 @@ class TrainConfig:
         The level configs add their own checks and call this one.
         """
         level_spec(self.preset, 1)           # an unknown --preset: UserError listing the presets
+        if self.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+            except ImportError:
+                raise UserError("--tensorboard needs the tensorboard package: `pip install tensorboard` "
+                                "(log.jsonl and `python report.py RUN` need nothing)") from None
         if self.eval_every and (self.i3d or os.environ.get("HVG_I3D")):
             # Without I3D weights the evaluation is the download-free two-sample test
             # (metrics.TrainingEvaluator); with them it adds FVD, and a path that is not
@@ -352,6 +360,11 @@ class Chores:
 
         self.cfg, self.dist, self.out, self.unit = cfg, dist, out, unit
         self.save, self.write_sample_grid, self.evaluate = save, write_sample_grid, evaluate
+        # Optional live TensorBoard scalars (rank 0): the same numbers as log.jsonl.
+        self.tensorboard = None
+        if getattr(cfg, "tensorboard", False) and dist.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tensorboard = SummaryWriter(out / "tensorboard")
         self.progress = tqdm(total=cfg.steps, initial=step, disable=not dist.is_main,
                              desc=desc, dynamic_ncols=True)
         self.stop = StopRequest()
@@ -383,6 +396,10 @@ class Chores:
                 if evaluate_now:   # two-sample test (and FVD) of the EMA generator: metrics.TrainingEvaluator
                     record.update(self.evaluate(step))
                 append_jsonl(self.out / "log.jsonl", record)
+                if self.tensorboard is not None:
+                    for key, value in record.items():
+                        if key != "step" and isinstance(value, (int, float)):
+                            self.tensorboard.add_scalar(key, value, step)
                 self.progress.set_postfix(loss_d=f"{record['loss_d']:.3f}", loss_g=f"{record['loss_g']:.3f}",
                                           **{f"{self.unit}_s": f"{record[f'{self.unit}_per_s']:.1f}"})
             if (cfg.sample_every and step % cfg.sample_every == 0) or last:
@@ -401,6 +418,8 @@ class Chores:
 
     def finish(self, step: int) -> None:
         self.progress.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         if self.dist.is_main:
             print(f"done: {self.out / 'ckpt.pt'} (step {step}), samples in {self.out / 'samples'}")
             release_out_dir(self.out)

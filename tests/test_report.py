@@ -153,3 +153,22 @@ def test_tensorboard_is_optional(run):
     else:
         folder = report.write_tensorboard(run)
         assert any(Path(folder).rglob("events.out.tfevents*"))
+
+
+def test_training_logs_to_tensorboard_only_when_asked_and_available(tmp_path, capsys):
+    """--tensorboard: live scalars when the package is there, else a clear error
+    before any work (nothing in the default install needs it)."""
+    import level1
+    from conftest import run_script
+    out = tmp_path / "run"
+    flags = ["--g-ch", "8", "--d-ch", "8", "--z-dim", "16", "--batch-size", "4", "--num-samples", "2",
+             "--device", "cpu", "--steps", "1", "--log-every", "1", "--tensorboard", "--out", str(out)]
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        assert run_script(level1.main, flags) == 2
+        assert "pip install tensorboard" in capsys.readouterr().err
+        assert not out.exists()
+        return
+    assert run_script(level1.main, flags) == 0
+    assert any((out / "tensorboard").iterdir())
