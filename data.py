@@ -86,14 +86,14 @@ def _pyramid(shapes, crop_frames=8, context=2, last_crop_size=None):
 PRESETS = {
     # A seconds-per-step preset for tests and laptops.
     "tiny": _pyramid([(8, 16), (16, 32), (32, 64)], last_crop_size=32),
-    # tiny's finest shape as one level: one DVD-GAN-style GAN that generates 32x64x64
-    # directly (experiments/ablations.py, variant `single`). Its synthetic clips are
-    # exactly tiny's level-3 clips (same scenes, same pixels: tests/test_ablations.py).
-    "tiny_single": _pyramid([(32, 64)]),
     # The paper's three-level model: 48 frames at 256x256 in the end.
     "kinetics600": _pyramid([(12, 64), (24, 128), (48, 256)], last_crop_size=128),
     "bdd100k": _pyramid([(12, 64), (24, 128), (48, 256)], last_crop_size=128),
     "ucf101": _pyramid([(12, 64), (24, 128)]),
+    # tiny's finest shape as one level: one DVD-GAN-style GAN that generates 32x64x64
+    # directly (experiments/ablations.py, variant `single`). Its synthetic clips are
+    # exactly tiny's level-3 clips (same scenes, same pixels: tests/test_ablations.py).
+    "tiny_single": _pyramid([(32, 64)]),
 }
 
 
