@@ -90,6 +90,10 @@ PRESETS = {
     "kinetics600": _pyramid([(12, 64), (24, 128), (48, 256)], last_crop_size=128),
     "bdd100k": _pyramid([(12, 64), (24, 128), (48, 256)], last_crop_size=128),
     "ucf101": _pyramid([(12, 64), (24, 128)]),
+    # tiny's finest shape as one level: one DVD-GAN-style GAN that generates 32x64x64
+    # directly (experiments/ablations.py, variant `single`). Its synthetic clips are
+    # exactly tiny's level-3 clips (same scenes, same pixels: tests/test_ablations.py).
+    "tiny_single": _pyramid([(32, 64)]),
 }
 
 

@@ -32,6 +32,9 @@ import upsample_level
 from conftest import ROOT
 from training import build_parser, parse_config, run_main
 
+sys.path.insert(0, str(ROOT / "experiments"))
+import ablations  # noqa: E402
+
 
 def subcommand(parser, name):
     """The parser of one subcommand (`data.py prepare`)."""
@@ -66,6 +69,7 @@ SCRIPTS = [
      ["preview", "--out", "preview"]),
     ("bench.py", bench.build_parser, bench_parse, []),
     ("metrics.py", metrics.build_parser, metrics_parse, ["--real", "synthetic", "--runs", "runs"]),
+    ("experiments/ablations.py", ablations.build_parser, ablations.parse_args, []),
 ]
 
 NONSENSE = ["0", "-1", "nan", "inf", "1" + "0" * 21]     # the last: 10**21
