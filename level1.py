@@ -314,8 +314,8 @@ def main(argv=None) -> None:
         refresh_ema_statistics()
         return evaluator.evaluate_generator(ema_generator, out, step, lambda s: save(s, refresh=False))
 
-    evaluate = None if evaluator is None else evaluate
-    chores = Chores(cfg, dist, out, step, "level 1", save, write_sample_grid, evaluate, unit="clips")
+    chores = Chores(cfg, dist, out, step, "level 1", save, write_sample_grid,
+                    evaluate if evaluator is not None else None, unit="clips")
     with chores:   # after every step: log, samples, checkpoints, Ctrl-C (see training.Chores)
         while step < cfg.steps:
             # All randomness of a step (noise, the frames D_S samples) is a function of

@@ -575,6 +575,9 @@ def quantize(videos: torch.Tensor) -> torch.Tensor:
     return torch.round((videos.float().clamp(-1, 1) + 1) * 127.5) / 127.5 - 1
 
 
+PATCH = 4   # the judge reads 4x4-pixel patches
+
+
 def common_shape(*shapes, max_frames: int = 32, max_size: int = 64) -> tuple[int, int]:
     """One (frames, size) for clip sets of shapes (..., T, H, W): the smallest of each,
     capped. Taking the smaller means never inventing detail or frames that one of
@@ -582,9 +585,9 @@ def common_shape(*shapes, max_frames: int = 32, max_size: int = 64) -> tuple[int
     The size is rounded down to a multiple of the judge's 4-pixel patches."""
     frames = min(min(s[-3] for s in shapes), max_frames)
     size = min(min(min(s[-2], s[-1]) for s in shapes), max_size)
-    # The judge reads 4x4 patches: round down to a multiple of 4 (30 px -> 28 px).
-    if size >= 4:
-        size -= size % 4
+    # The judge reads PATCH x PATCH patches: round down to a multiple (30 px -> 28 px).
+    if size >= PATCH:
+        size -= size % PATCH
     return frames, size
 
 
@@ -603,9 +606,6 @@ def to_shape(videos: torch.Tensor, frames: int, size: int) -> torch.Tensor:
     flat = videos.transpose(1, 2).reshape(n * t, c, side, side)          # (N*T, 3, s, s)
     flat = F.interpolate(flat, size=(size, size), mode="area")
     return flat.view(n, t, c, size, size).transpose(1, 2)                # (N, 3, T, S, S)
-
-
-PATCH = 4   # the judge reads 4x4-pixel patches
 
 
 def judge_inputs(videos: torch.Tensor) -> torch.Tensor:
@@ -675,10 +675,16 @@ def two_sample_accuracy(real: torch.Tensor, fake: torch.Tensor, seed: int = 0,
     """
     if real.shape[1:] != fake.shape[1:]:
         raise ValueError(f"two_sample_accuracy: shapes differ {tuple(real.shape)} vs {tuple(fake.shape)}")
+    return held_out_accuracy(judge_inputs(real), judge_inputs(fake), seed, epochs, width, batch_size)
+
+
+def held_out_accuracy(real: torch.Tensor, fake: torch.Tensor, seed: int = 0, epochs: int = 12,
+                      width: int = 16, batch_size: int = 16) -> float:
+    """two_sample_accuracy on judge_inputs already computed (c2st computes them once
+    for all its seeds, not once per seed): (N, T-1, S/4, S/4, 96) each."""
     n = min(len(real), len(fake))
     if n < 4:
         raise UserError(f"a two-sample test needs at least 4 clips of each kind, got {n}")
-    real, fake = judge_inputs(real), judge_inputs(fake)      # once, not once per epoch
     rng = np.random.default_rng(seed)
     real_order, fake_order = rng.permutation(len(real))[:n], rng.permutation(len(fake))[:n]
     half = n // 2
@@ -725,26 +731,32 @@ def c2st(real: torch.Tensor, fake: torch.Tensor, protocol: C2STProtocol | None =
     if frames < 2 or size < PATCH:
         raise UserError(f"clips of {frames} frame(s) at {size}x{size} are too small for the two-sample "
                         f"test: it needs at least 2 frames (it reads motion) and {PATCH}x{PATCH} pixels")
-    real = quantize(to_shape(real, frames, size))
-    fake = quantize(to_shape(fake, frames, size))
-    accuracies = [two_sample_accuracy(real, fake, seed, protocol.epochs, protocol.width)
+    # 8-bit clips at the common shape, cut into the judge's inputs once for all seeds.
+    real = judge_inputs(quantize(to_shape(real, frames, size)))
+    fake = judge_inputs(quantize(to_shape(fake, frames, size)))
+    accuracies = [held_out_accuracy(real, fake, seed, protocol.epochs, protocol.width)
                   for seed in range(protocol.seeds)]
     return {"c2st": float(np.mean(accuracies)), "c2st_std": float(np.std(accuracies)),
             "c2st_seeds": accuracies, "shape": [frames, size, size],
             "clips": min(len(real), len(fake))}
 
 
-def motion_energy(videos: torch.Tensor) -> float:
-    """m(x) = mean |x_{t+1} - x_t| over clips, channels, frames and pixels. (N, 3, T, H, W)."""
+def frame_differences(videos: torch.Tensor) -> torch.Tensor:
+    """|x_{t+1} - x_t|: (N, 3, T, H, W) -> (N, 3, T-1, H, W)."""
     if videos.shape[2] < 2:
         raise ValueError("motion energy needs clips of at least 2 frames")
-    return float((videos[:, :, 1:].float() - videos[:, :, :-1].float()).abs().mean())
+    return (videos[:, :, 1:].float() - videos[:, :, :-1].float()).abs()
+
+
+def motion_energy(videos: torch.Tensor) -> float:
+    """m(x) = mean |x_{t+1} - x_t| over clips, channels, frames and pixels. (N, 3, T, H, W)."""
+    return float(frame_differences(videos).mean())
 
 
 def motion_by_segment(videos: torch.Tensor, segments: int = 4) -> list[float]:
     """Motion energy of each of `segments` consecutive parts of the clips (by frame
     difference), e.g. quarters of a 4x-horizon sample: freezing shows as a fall."""
-    differences = (videos[:, :, 1:].float() - videos[:, :, :-1].float()).abs()   # (N, 3, T-1, H, W)
+    differences = frame_differences(videos)                                      # (N, 3, T-1, H, W)
     if differences.shape[2] < segments:
         raise ValueError(f"{videos.shape[2]} frames cannot be split into {segments} segments")
     return [float(part.mean()) for part in differences.tensor_split(segments, dim=2)]
@@ -905,7 +917,8 @@ class FVDEvaluator:
 
     @classmethod
     def for_training(cls, i3d, dataset, num_videos: int, device="cpu",
-                     protocol: Protocol | None = None, batch_size: int = 16, seed: int = 0):
+                     protocol: Protocol | None = None, batch_size: int = 16, seed: int = 0,
+                     real: torch.Tensor | None = None):
         """The evaluator of a level script (`--eval-every N --i3d PATH`).
 
         dataset: the level's base dataset, items (whole clip (3, T_l, H_l, W_l), label).
@@ -920,7 +933,8 @@ class FVDEvaluator:
         protocol = dataclasses.replace(protocol, num_videos=num_videos)
         count = min(len(dataset), protocol.num_videos)
         indices = np.sort(np.random.default_rng(seed).choice(len(dataset), count, replace=False))
-        real = (videos for videos, _ in _dataset_batches(dataset, indices, batch_size))
+        if real is None:       # (TrainingEvaluator passes the same subset, already loaded)
+            real = (videos for videos, _ in _dataset_batches(dataset, indices, batch_size))
         evaluator = cls(i3d, real, device=device, protocol=protocol, batch_size=batch_size, seed=seed)
         evaluator.dataset, evaluator.indices = dataset, indices
         return evaluator
@@ -1019,7 +1033,7 @@ class TrainingEvaluator:
         self.protocol = protocol or C2STProtocol(num_videos=count, seeds=1)
         self.fvd = None
         if i3d is not None or os.environ.get(I3D_ENV):
-            self.fvd = FVDEvaluator.for_training(i3d, dataset, count, device, seed=seed)
+            self.fvd = FVDEvaluator.for_training(i3d, dataset, count, device, seed=seed, real=self.real)
         self.metric = "fvd" if self.fvd is not None else "c2st"
 
     def evaluate_generator(self, generator, out=None, step=None, save=None) -> dict:
@@ -1032,8 +1046,9 @@ class TrainingEvaluator:
                 self.fvd.model, fake, self.fvd.protocol, self.batch_size))
             record.update({key: result[key] for key in ("fvd", "fid", "is", "is_std")})
         if out is not None and save is not None:
+            protocol = self.fvd.protocol if self.fvd is not None else self.protocol   # of the kept metric
             record[f"{self.metric}_best"] = keep_best(out, step, save, self.metric, record[self.metric],
-                                                      {"protocol": self.protocol.key()})
+                                                      {"protocol": protocol.key()})
         return record
 
 
@@ -1188,13 +1203,13 @@ def _blur(videos: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(frames, 3, stride=1).view(n, t, c, h, w).transpose(1, 2)
 
 
-CALIBRATIONS = {
-    "real, another seed": lambda real, other: other,
-    "frozen (first frame held)": lambda real, other: other[:, :, :1].expand_as(other).clone(),
-    "time-reversed": lambda real, other: other.flip(2),
-    "shuffled in time": lambda real, other: _shuffle_time(other),
-    "blurred (3x3 box)": lambda real, other: _blur(other),
-    "noise added (std 0.1)": lambda real, other: (other + 0.1 * torch.randn(
+CALIBRATIONS = {   # name: what is done to real clips of another seed
+    "real, another seed": lambda other: other,
+    "frozen (first frame held)": lambda other: other[:, :, :1].expand_as(other).clone(),
+    "time-reversed": lambda other: other.flip(2),
+    "shuffled in time": _shuffle_time,
+    "blurred (3x3 box)": _blur,
+    "noise added (std 0.1)": lambda other: (other + 0.1 * torch.randn(
         other.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1),
 }
 
@@ -1217,7 +1232,7 @@ def calibration_table(preset: str, data_name="synthetic", data_root=None, num: i
         real, _ = real_clips(data_name, data_root, preset, level, num, seed)
         other, _ = real_clips(data_name, data_root, preset, level, num, seed + 1)
         for name, transform in CALIBRATIONS.items():
-            table[name][level] = quality(real, transform(real, other), protocol)
+            table[name][level] = quality(real, transform(other), protocol)
             log(f"level {level}, {name}: c2st {table[name][level]['c2st']:.3f}")
         if chain_videos is not None and level <= len(chain_videos):
             table["samples of the trained chain"][level] = quality(real, chain_videos[level - 1], protocol)
@@ -1521,7 +1536,6 @@ def main(argv=None) -> dict:
         chain = sample.load_chain(runs=args.runs, ckpts=args.ckpt, preset=args.preset, device=device)
 
     if args.calibrate:
-        import data
         preset = args.preset or (chain.preset if chain else "tiny")
         table = calibration_table(preset, args.real, args.real_root, c2st_protocol.num_videos,
                                   args.seed, c2st_protocol, chain)

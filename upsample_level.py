@@ -527,8 +527,8 @@ def main(argv=None) -> None:
         refresh_ema_statistics()
         return evaluator.evaluate_generator(ema_generator, out, step, lambda s: save(s, refresh=False))
 
-    evaluate = None if evaluator is None else evaluate
-    chores = Chores(cfg, dist, out, step, f"level {cfg.level}", save, write_sample_grid, evaluate, unit="crops")
+    chores = Chores(cfg, dist, out, step, f"level {cfg.level}", save, write_sample_grid,
+                    evaluate if evaluator is not None else None, unit="crops")
     with chores:   # after every step: log, samples, checkpoints, Ctrl-C (see training.Chores)
         while step < cfg.steps:
             torch.manual_seed(step_seed(cfg.seed, dist.rank, step))   # see training.step_seed
