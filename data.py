@@ -260,6 +260,14 @@ def _bounce(start, velocity, low, high, t):
     return low + span - np.abs(u - span)
 
 
+def _grid_direction(rng):
+    """One of the 8 directions on the pixel grid: (dx, dy) in {-1, 0, 1}^2, not (0, 0)."""
+    while True:
+        direction = rng.integers(-1, 2, size=2)
+        if direction.any():
+            return direction
+
+
 class SyntheticVideos(Dataset):
     """Procedural videos: 1-3 coloured objects bouncing over a scrolling background.
 
@@ -327,10 +335,7 @@ class SyntheticVideos(Dataset):
             radius = cell * int(rng.integers(round(0.09 / cell), round(0.19 / cell) + 1))
             # 8 directions, each moving axis by one coarsest pixel per level-1 frame
             # (0.0625-0.088 frame widths on tiny): one pixel per frame at every level.
-            while True:
-                direction = rng.integers(-1, 2, size=2)
-                if direction.any():
-                    break
+            direction = _grid_direction(rng)
             cells = int(round((1 - 2 * radius) / cell))   # positions on the grid between the walls
             objects.append(dict(
                 kind=("disk", "square")[int(rng.integers(2))],
@@ -346,10 +351,7 @@ class SyntheticVideos(Dataset):
                 stripe_axis=int(rng.integers(2)),
                 eye=rng.uniform(-0.4, 0.4, size=2) * radius,   # disks: a small part
             ))
-        while True:
-            scroll = rng.integers(-1, 2, size=2)
-            if scroll.any():
-                break
+        scroll = _grid_direction(rng)
         return dict(
             objects=objects,
             label=num_objects - 1,

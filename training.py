@@ -362,7 +362,7 @@ class Chores:
         self.save, self.write_sample_grid, self.evaluate = save, write_sample_grid, evaluate
         # Optional live TensorBoard scalars (rank 0): the same numbers as log.jsonl.
         self.tensorboard = None
-        if getattr(cfg, "tensorboard", False) and dist.is_main:
+        if cfg.tensorboard and dist.is_main:
             from torch.utils.tensorboard import SummaryWriter
             self.tensorboard = SummaryWriter(out / "tensorboard")
         self.progress = tqdm(total=cfg.steps, initial=step, disable=not dist.is_main,
