@@ -138,7 +138,8 @@ def check_hinge_d_loss(loss_fn):
     and the margin: a real score above +1 (or a fake one below -1) gets no gradient."""
     real, fake = REAL_SCORES.clone().requires_grad_(), FAKE_SCORES.clone().requires_grad_()
     loss = loss_fn(real, fake)
-    assert abs(float(loss.detach()) - 2.0) < 1e-6, f"L_D = {float(loss.detach()):.4f} for the test scores, expected 2"
+    value = float(loss.detach())
+    assert abs(value - 2.0) < 1e-6, f"L_D = {value:.4f} for the test scores, expected 2"
     loss.backward()
     # d L / d real_i = -1/B inside the margin, 0 beyond it; d L / d fake_i = +1/B, or 0.
     torch.testing.assert_close(real.grad, torch.tensor([0.0, -1 / 3, -1 / 3]))
@@ -175,7 +176,8 @@ def check_hinge_g_loss(loss_fn):
     gets gradient -1/B: G always has a signal."""
     fake = FAKE_SCORES.clone().requires_grad_()
     loss = loss_fn(fake)
-    assert abs(float(loss.detach()) - 1 / 6) < 1e-6, f"L_G = {float(loss.detach()):.4f} for the test scores, expected 1/6"
+    value = float(loss.detach())
+    assert abs(value - 1 / 6) < 1e-6, f"L_G = {value:.4f} for the test scores, expected 1/6"
     loss.backward()
     torch.testing.assert_close(fake.grad, torch.full((3,), -1 / 3))
 
@@ -422,8 +424,9 @@ def check_down(down_fn):
                 block = video[:, :, j * tf, y * sf:(y + 1) * sf, x * sf:(x + 1) * sf]   # (B, C, sf, sf)
                 expected[:, :, j, y, x] = block.mean(dim=(-2, -1))
     out = down_fn(video, tf, sf)
-    assert out.shape == expected.shape, f"down gave shape {tuple(out.shape)}, expected {tuple(expected.shape)}"
-    torch.testing.assert_close(out, expected, msg="down must keep frames 0, tf, 2tf, ... and average sf x sf blocks")
+    assert out.shape == expected.shape, f"down gave {tuple(out.shape)}, expected {tuple(expected.shape)}"
+    torch.testing.assert_close(out, expected,
+                               msg="down must keep frames 0, tf, 2tf, ... and average sf x sf blocks")
 
 
 def down_averaging_time(video, tf, sf):
@@ -458,15 +461,17 @@ def check_partial_view(level_example_fn):
 
     Tiny preset, level 2 (tf = sf = 2, 16 frames of 32x32, crop 8, context K = 2).
     Time: frame t of the clip is filled with the value t + 1, so every frame says which
-    it is (and none looks like zero padding). For each crop start s, target frame i must be clip frame s + i, and condition
-    frame k must be clip frame (s/tf - K + k) * tf, the index clamped to the clip (the
-    context past the clip's ends repeats its first / last condition frame).
+    it is (and none looks like zero padding). For each crop start s, target frame i
+    must be clip frame s + i, and condition frame k must be clip frame
+    (s/tf - K + k) * tf, the index clamped to the clip (the context past the clip's
+    ends repeats its first / last condition frame).
     Space: with a spatial crop, down(target) must equal the condition's middle frames
     (the condition crop covers exactly the output crop)."""
     spec = level_spec("tiny", 2)
     tf, crop, K = spec.time_factor, spec.crop_frames, spec.context
     frames, size = spec.frames, spec.size
-    clip = torch.arange(1, frames + 1, dtype=torch.float32).view(1, frames, 1, 1).expand(3, frames, size, size)
+    values = torch.arange(1, frames + 1, dtype=torch.float32)                 # frame t holds t + 1
+    clip = values.view(1, frames, 1, 1).expand(3, frames, size, size)          # (C, T, H, W)
     last = frames // tf - 1                                        # the last condition frame
     for s in range(0, frames - crop + 1, tf):
         example = level_example_fn(clip, "tiny", 2, crop_frames=crop, context=K, crop_start=s)
@@ -528,3 +533,300 @@ def test_partial_view_condition_is_aligned_with_the_output_crop():
                               "zero_context_at_the_ends", "condition_crop_one_pixel_off"])
 def test_partial_view_grader_rejects(wrong):
     reject(check_partial_view, wrong)
+
+
+# ==================================================================================
+# Assignment 4: the upsampler's temporal receptive field and windowed sampling
+# (upsample_level.py, sample.py)
+# ==================================================================================
+
+# ---- R: output frame j*tf + r depends on condition frames j - R .. j + R only. ----
+
+def measured_receptive_field(generator, frames=11):
+    """R measured by perturbing one condition frame m and finding the output frames
+    that change: the largest |j - m| over the changed output frames j*tf + r."""
+    torch.manual_seed(1)
+    condition = torch.rand(1, 3, frames, 4, 4) * 2 - 1
+    z = torch.randn(1, generator.z_dim)
+    m = frames // 2
+    perturbed = condition.clone()
+    perturbed[:, :, m] = -perturbed[:, :, m]
+    with torch.no_grad():
+        change = (generator(perturbed, z) - generator(condition, z)).abs()   # (1, 3, T, H, W)
+    changed = change.amax(dim=(0, 1, 3, 4)) > 1e-6                          # (T,)
+    condition_frames = torch.arange(change.shape[2]) // generator.time_factor   # j of each output frame
+    return int((condition_frames[changed] - m).abs().max())
+
+
+def check_temporal_receptive_field(generator_class):
+    """generator_class(time_factor, space_factor, z_dim, ch, encoder_blocks) -> G_l with
+    temporal_receptive_field() -> R. R must be the measured one for 0, 1 and 2 encoder
+    blocks (each block: two 3x3x3 convolutions, one frame each side each; the
+    interpolated base reads the next condition frame)."""
+    for blocks in (0, 1, 2):
+        torch.manual_seed(0)
+        generator = generator_class(2, 2, z_dim=8, ch=4, encoder_blocks=blocks).eval()
+        measured, stated = measured_receptive_field(generator), generator.temporal_receptive_field()
+        assert stated == measured, (
+            f"{blocks} encoder blocks: temporal_receptive_field() says {stated}, "
+            f"but output frames depend on condition frames up to {measured} away")
+
+
+class RFForgetsTheBase(UpsampleGenerator):
+    def temporal_receptive_field(self):
+        return 2 * self.encoder_blocks              # 0 with no encoder: but the base reads j+1
+
+
+class RFOneFramePerBlock(UpsampleGenerator):
+    def temporal_receptive_field(self):
+        return max(self.encoder_blocks, 1)          # counts one 3x3x3 conv per block, not two
+
+
+def test_temporal_receptive_field_is_the_measured_one():
+    check_temporal_receptive_field(UpsampleGenerator)
+
+
+@pytest.mark.parametrize("wrong", [RFForgetsTheBase, RFOneFramePerBlock], ids=lambda c: c.__name__)
+def test_temporal_receptive_field_grader_rejects(wrong):
+    reject(check_temporal_receptive_field, wrong)
+
+
+# ---- Windowed sampling: with context K >= R, windows give the whole-video output. ---
+
+class RecordingGenerator(nn.Module):
+    """Passes calls through to a generator and records how many condition frames each saw."""
+
+    def __init__(self, generator):
+        super().__init__()
+        self.generator, self.frames_seen = generator, []
+        self.time_factor, self.space_factor = generator.time_factor, generator.space_factor
+
+    def forward(self, condition, z, labels=None, context=0):
+        self.frames_seen.append(condition.shape[2])
+        return self.generator(condition, z, labels, context=context)
+
+
+def check_windowed_sampling(upsample_fn):
+    """upsample_fn(generator, condition (B, 3, t, h, w), z, labels, context, window)
+    -> (B, 3, t*tf, h*sf, w*sf), as sample.upsample.
+
+    The reference is one generator call on the whole video, its ends padded by
+    R replicated frames: generator(pad_condition(c, R), z, context=R).
+      * context K >= R: the windowed video equals it (t = 10 in windows of 4: the last
+        window does not fit whole), and no call sees more than window + 2K frames
+        (the memory does not grow with the video's length);
+      * context K = R - 1: some output frame misses a condition frame it depends on,
+        so the windowed video differs (the first check means something)."""
+    torch.manual_seed(0)
+    generator = UpsampleGenerator(2, 2, z_dim=8, ch=4, encoder_blocks=1).eval()   # eval: fixed BN
+    R = generator.temporal_receptive_field()
+    condition = torch.rand(2, 3, 10, 4, 4) * 2 - 1
+    z = torch.randn(2, 8)
+    with torch.no_grad():
+        whole = generator(pad_condition(condition, R), z, context=R)              # (2, 3, 20, 8, 8)
+        for context in (R, R + 1):
+            recording = RecordingGenerator(generator)
+            windowed = upsample_fn(recording, condition, z, context=context, window=4)
+            torch.testing.assert_close(
+                windowed, whole, atol=1e-5, rtol=1e-5,
+                msg=f"context {context} >= R = {R}: windows differ from the whole video")
+            assert max(recording.frames_seen) <= 4 + 2 * context, (
+                f"a generator call saw {max(recording.frames_seen)} condition frames; windows of 4 "
+                f"with {context} context frames each side need at most {4 + 2 * context}")
+        too_little = upsample_fn(generator, condition, z, context=R - 1, window=4)
+    assert (too_little - whole).abs().max() > 1e-4, (
+        f"context {R - 1} < R = {R} gave the whole-video output: the windows cannot have been "
+        f"cut with only {R - 1} context frames")
+
+
+def windows_padded_one_by_one(generator, condition, z, labels=None, context=0, window=None):
+    t, pieces = condition.shape[2], []
+    for j0 in range(0, t, window or t):
+        piece = pad_condition(condition[:, :, j0:j0 + (window or t)], context)   # edge frames, not neighbours
+        pieces.append(generator(piece, z, labels, context=context))
+    return torch.cat(pieces, dim=2)
+
+
+def windows_without_context(generator, condition, z, labels=None, context=0, window=None):
+    t, pieces = condition.shape[2], []
+    for j0 in range(0, t, window or t):
+        pieces.append(generator(condition[:, :, j0:j0 + (window or t)], z, labels, context=0))
+    return torch.cat(pieces, dim=2)
+
+
+def whole_video_ignoring_window(generator, condition, z, labels=None, context=0, window=None):
+    return generator(pad_condition(condition, context), z, labels, context=context)   # memory grows with t
+
+
+def test_windowed_sampling_equals_whole_video_sampling():
+    check_windowed_sampling(upsample)
+
+
+@pytest.mark.parametrize("wrong", [windows_padded_one_by_one, windows_without_context,
+                                   whole_video_ignoring_window], ids=lambda f: f.__name__)
+def test_windowed_sampling_grader_rejects(wrong):
+    reject(check_windowed_sampling, wrong)
+
+
+# ==================================================================================
+# Assignment 5: the EMA of G's weights and standing statistics (training.py)
+# ==================================================================================
+
+# ---- EMA: theta_ema <- decay * theta_ema + (1 - decay) * theta; buffers copied. ----
+
+def check_update_ema(update_fn):
+    """update_fn(ema_model, model, decay), in place on ema_model.
+
+    Closed form after three updates towards weights theta_1, theta_2, theta_3:
+        theta_ema = d^3 theta_0 + (1 - d) (d^2 theta_1 + d theta_2 + theta_3)
+    Buffers (batch-norm running statistics) are the model's last ones, copied;
+    the model is not touched; decay 0 copies the weights (the warm-up)."""
+    torch.manual_seed(0)
+    ema, model = (nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2)) for _ in range(2))
+    d = 0.9
+    expected = [p.detach().clone() * d**3 for p in ema.parameters()]
+    for k in (1, 2, 3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_()
+            model[1].running_mean.normal_()
+            model[1].running_var.uniform_(0.5, 2)
+        for e, p in zip(expected, model.parameters()):
+            e += (1 - d) * d ** (3 - k) * p.detach()
+        weights = [p.detach().clone() for p in model.parameters()]
+        update_fn(ema, model, d)
+    names = ("linear.weight", "linear.bias", "bn.weight", "bn.bias")
+    for name, e, p in zip(names, expected, ema.parameters()):
+        torch.testing.assert_close(p.detach(), e, msg=f"EMA of {name} differs from the closed form")
+    for e, p in zip(weights, model.parameters()):
+        torch.testing.assert_close(p.detach(), e, msg="update_ema changed the model it averages")
+    torch.testing.assert_close(ema[1].running_mean, model[1].running_mean,
+                               msg="the EMA model's running statistics must be the model's, copied")
+    torch.testing.assert_close(ema[1].running_var, model[1].running_var)
+    update_fn(ema, model, 0.0)
+    for e, p in zip(ema.parameters(), model.parameters()):
+        torch.testing.assert_close(e.detach(), p.detach(), msg="decay 0 must copy the weights")
+
+
+@torch.no_grad()
+def ema_decay_swapped(ema_model, model, decay):
+    for e, p in zip(ema_model.parameters(), model.parameters()):
+        e.copy_((1 - decay) * e + decay * p)                     # mostly the new weights
+    for e, b in zip(ema_model.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+@torch.no_grad()
+def ema_without_buffers(ema_model, model, decay):
+    for e, p in zip(ema_model.parameters(), model.parameters()):
+        e.copy_(decay * e + (1 - decay) * p)                     # running stats left stale
+
+
+@torch.no_grad()
+def ema_moves_the_model(ema_model, model, decay):
+    for e, p in zip(ema_model.parameters(), model.parameters()):
+        e.copy_(decay * e + (1 - decay) * p)
+        p.copy_(e)                                               # "keep them in sync"
+    for e, b in zip(ema_model.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def test_update_ema_matches_the_closed_form():
+    check_update_ema(update_ema)
+
+
+@pytest.mark.parametrize("wrong", [ema_decay_swapped, ema_without_buffers, ema_moves_the_model],
+                         ids=lambda f: f.__name__)
+def test_update_ema_grader_rejects(wrong):
+    reject(check_update_ema, wrong)
+
+
+# ---- Standing statistics: batch-norm statistics measured afresh, equally weighted. ---
+
+def check_standing_statistics(standing_fn):
+    """standing_fn(model, forward, batches): forward(model) runs one batch.
+
+    A batch norm that carries training statistics (mean 5, variance 9, 1000 batches
+    tracked) is shown 4 batches x_1..x_4. Afterwards, closed form:
+        running_mean = (1/4) sum_i mean(x_i)
+        running_var  = (1/4) sum_i var(x_i)   (unbiased, as batch norm tracks it)
+    with nothing left of the training statistics, the model back in eval mode and
+    its momentum as it was."""
+    torch.manual_seed(0)
+    norm = nn.BatchNorm1d(3, momentum=0.1)
+    with torch.no_grad():
+        norm.running_mean.fill_(5.0)
+        norm.running_var.fill_(9.0)
+        norm.num_batches_tracked.fill_(1000)
+    norm.eval()
+    xs = [torch.randn(8, 3) * (i + 1) + i for i in range(4)]      # 4 batches, different statistics
+    batches = iter(xs)
+    standing_fn(norm, lambda model: model(next(batches)), 4)
+    expected_mean = torch.stack([x.mean(0) for x in xs]).mean(0)
+    expected_var = torch.stack([x.var(0, unbiased=True) for x in xs]).mean(0)
+    torch.testing.assert_close(norm.running_mean, expected_mean,
+                               msg="running_mean is not the plain average of the batches' means")
+    torch.testing.assert_close(norm.running_var, expected_var,
+                               msg="running_var is not the plain average of the batches' variances")
+    assert not norm.training, "the model must be back in eval mode"
+    assert norm.momentum == 0.1, f"momentum must be restored to 0.1, is {norm.momentum}"
+
+
+@torch.no_grad()
+def standing_keeping_training_stats(model, forward, batches=8):
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.momentum = None                                         # no reset_running_stats()
+    model.train()
+    for _ in range(batches):
+        forward(model)
+    model.eval()
+    for m in norms:
+        m.momentum = 0.1
+
+
+@torch.no_grad()
+def standing_with_exponential_average(model, forward, batches=8):
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()                               # momentum left at 0.1
+    model.train()
+    for _ in range(batches):
+        forward(model)
+    model.eval()
+
+
+@torch.no_grad()
+def standing_in_eval_mode(model, forward, batches=8):
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    for _ in range(batches):
+        forward(model)                                            # eval: statistics never updated
+    for m in norms:
+        m.momentum = 0.1
+
+
+@torch.no_grad()
+def standing_left_in_train_mode(model, forward, batches=8):
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for _ in range(batches):
+        forward(model)
+    for m in norms:
+        m.momentum = 0.1                                          # and no model.eval()
+
+
+def test_standing_statistics_match_the_closed_form():
+    check_standing_statistics(standing_statistics)
+
+
+@pytest.mark.parametrize("wrong", [standing_keeping_training_stats, standing_with_exponential_average,
+                                   standing_in_eval_mode, standing_left_in_train_mode],
+                         ids=lambda f: f.__name__)
+def test_standing_statistics_grader_rejects(wrong):
+    reject(check_standing_statistics, wrong)
