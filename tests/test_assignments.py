@@ -44,7 +44,7 @@ def reject(check, implementation):
 
 
 # ==================================================================================
-# Assignment 1: spectral normalisation and the hinge loss (discriminators.py)
+# Assignment 1: spectral norm, the hinge loss and D_T's input (discriminators.py)
 # ==================================================================================
 
 # ---- Spectral norm: W_sn = W / sigma(W), sigma the largest singular value. --------
