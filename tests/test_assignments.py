@@ -510,7 +510,7 @@ def _student_partial_view(video, preset, level, crop_frames=None, context=None, 
     target = video[:, s:s + crop_frames]
     condition = condition[:, j0:j0 + crop_frames // tf + 2 * K]
     if crop_size is not None:
-        y = int(rng.integers(0, (video.shape[-1] - crop_size) // sf + 1)) * sf
+        y = int(rng.integers(0, (video.shape[-1] - crop_size) // sf + 1)) * sf   # corner (y, y): enough here
         target = target[:, :, y:y + crop_size, y:y + crop_size]
         c, yc = crop_size // sf, y // sf + pixel_offset
         condition = condition[:, :, yc:yc + c, yc:yc + c]
