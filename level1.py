@@ -157,10 +157,11 @@ class Level1Generator(nn.Module):
     Layout for an output of size S: log2(S / 4) groups, each a ConvGRU over the
     frames at the current resolution followed by a residual block that doubles it.
     Widths halve as the resolution doubles, from g_ch * min(8, 2**groups) at 4x4
-    down to g_ch at S x S (tiny, S=16: 128 -> 64 -> 32 with g_ch=32).
+    down to g_ch at S x S (tiny, S=16: 64 -> 32 -> 16 with the default g_ch=16).
+    The defaults of z_dim and ch are the command line's (--z-dim, --g-ch).
     """
 
-    def __init__(self, frames: int, size: int, z_dim: int = 120, ch: int = 32,
+    def __init__(self, frames: int, size: int, z_dim: int = 120, ch: int = 16,
                  num_classes: int = 0):
         super().__init__()
         self.frames, self.size, self.z_dim, self.num_classes = frames, size, z_dim, num_classes

@@ -80,9 +80,11 @@ class UpsampleConfig(TrainConfig):
     cond_bank: int = option(64, "previous-level videos sampled once for --cond-from", "[1, inf)")
     # The matching discriminator.
     matching: bool = option(True, "use the matching discriminator D_M (--no-matching: ablation)")
+    # Pooled by 2, the output is the spatial part of down(output): the pair still holds
+    # the condition next to what the output gives back (discriminators.py, D_M's comment).
     matching_pool: bool = option(True, "D_M sees the (condition, output) pair 2x average-pooled in "
-                                       "space (cheaper; --no-matching-pool: full resolution, which "
-                                       "sees output-pixel mismatches)")
+                                       "space: 4x cheaper, and within noise of full resolution "
+                                       "(docs/quality.md; --no-matching-pool: full resolution)")
     temporal_pool: bool = option(True, "D_T sees the output crop 2x average-pooled in space, as "
                                        "level 1's (cheaper; --no-temporal-pool: full resolution, "
                                        "where a one-pixel move and a cross-fade differ)")
@@ -207,9 +209,11 @@ class UpsampleGenerator(nn.Module):
     gives: the property windowed sampling relies on (tested in tests/).
     Noise: z enters every block through conditional batch norm (BigGAN); there is
     no per-pixel noise, so every window of one video uses the same z and agrees.
+    The defaults of z_dim, ch, encoder_blocks and padding_mode are the command
+    line's (--z-dim, --g-ch, --encoder-blocks, --padding).
     """
 
-    def __init__(self, time_factor: int, space_factor: int, z_dim: int = 64, ch: int = 32,
+    def __init__(self, time_factor: int, space_factor: int, z_dim: int = 64, ch: int = 16,
                  encoder_blocks: int = 1, num_classes: int = 0, padding_mode: str = "zeros"):
         super().__init__()
         self.time_factor, self.space_factor = time_factor, space_factor

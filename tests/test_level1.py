@@ -109,3 +109,11 @@ def test_help_lists_the_flags_of_the_config(capsys):
     for flag in ("--data", "--data-root", "--preset", "--out", "--steps", "--batch-size",
                  "--device", "--seed", "--log-every", "--sample-every", "--ckpt-every", "--resume"):
         assert flag in text
+
+
+def test_the_generator_class_defaults_are_the_command_line_defaults():
+    """`Level1Generator(frames, size)` builds what `python level1.py` trains."""
+    import inspect
+    defaults = inspect.signature(level1.Level1Generator).parameters
+    cfg = level1.Level1Config()
+    assert (defaults["z_dim"].default, defaults["ch"].default) == (cfg.z_dim, cfg.g_ch)

@@ -213,3 +213,24 @@ def test_condition_error_and_detail_measure_what_the_samples_claim():
     nearest = condition.repeat_interleave(2, 2).repeat_interleave(2, 3).repeat_interleave(2, 4)
     assert up.detail(torch.full((1, 3, 4, 8, 8), 0.3)) == 0
     assert up.detail(nearest) < up.detail(real)
+
+
+def test_the_class_defaults_are_the_command_line_defaults():
+    """`UpsampleGenerator(tf, sf)` and the discriminators built with their defaults
+    are what `python upsample_level.py` trains (widths, pooling, padding)."""
+    import inspect
+    from discriminators import MatchingDiscriminator, SpatialDiscriminator, TemporalDiscriminator
+
+    def default(cls, name):
+        return inspect.signature(cls).parameters[name].default
+
+    cfg = up.UpsampleConfig()
+    assert default(up.UpsampleGenerator, "z_dim") == cfg.z_dim
+    assert default(up.UpsampleGenerator, "ch") == cfg.g_ch
+    assert default(up.UpsampleGenerator, "encoder_blocks") == cfg.encoder_blocks
+    assert default(up.UpsampleGenerator, "padding_mode") == cfg.padding
+    for cls in (SpatialDiscriminator, TemporalDiscriminator, MatchingDiscriminator):
+        assert default(cls, "ch") == cfg.d_ch, cls.__name__
+    assert default(TemporalDiscriminator, "pool_input") == cfg.temporal_pool
+    # D_M pools by default, on both sides: see discriminators.py's D_M comment block.
+    assert default(MatchingDiscriminator, "pool_input") == cfg.matching_pool is True
