@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from data import LevelDataset, UserError, level_spec, make_dataset, make_loader, video_grid
 from discriminators import (SpatialDiscriminator, TemporalDiscriminator, discriminator_stats,
                             hinge_d_loss, hinge_g_loss, orthogonal_init, sn_conv2d, sn_linear)
+from metrics import TrainingEvaluator   # --eval-every: the two-sample test (+ FVD)
 from training import (autocast, check_architecture, check_finite, checkpoint_state, Chores,
                       load_checkpoint, make_grad_scaler, option, parse_config,
                       per_rank_batch, prepare_out_dir, resolve_amp, restore_checkpoint,
@@ -279,8 +280,7 @@ def main(argv=None) -> None:
     sample_labels = (torch.randint(num_classes, (cfg.num_samples,), generator=sample_gen).to(device)
                      if num_classes else None)
     evaluator = None
-    if cfg.eval_every and dist.is_main:
-        from metrics import TrainingEvaluator   # the two-sample test (+ FVD with --i3d)
+    if cfg.eval_every and dist.is_main:   # the two-sample test (+ FVD with --i3d)
         evaluator = TrainingEvaluator(base, cfg.eval_videos, device, cfg.i3d, seed=cfg.seed)
 
     def new_latents():

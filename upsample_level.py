@@ -15,8 +15,8 @@ faithful to c while adding the detail c lacks:
 Training never sees the whole video: each example is a *partial view*, a crop of
 `crop_frames` output frames plus the matching condition frames with `context`
 extra frames on each side (data.level_example). The level's cost is therefore
-fixed however long the videos are. At sampling time (`sample.py`) it is run over
-the whole video in windows of the same shape.
+fixed however long the videos are. At sampling time it is run over the whole
+video in windows of the same shape (`upsample` below; sample.py chains the levels).
 
 Three discriminators judge the output: spatial D_S and temporal D_T (as in level
 1) on the output crop, and the matching discriminator D_M on (condition, output)
@@ -32,6 +32,7 @@ pairs, which keeps the output grounded to its input.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,20 +40,23 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
-from data import (LevelDataset, UserError, down, level_spec, make_dataset, make_loader,
+from data import (LevelDataset, LevelSpec, UserError, down, level_spec, make_dataset, make_loader,
                   num_levels, pad_condition, video_grid)
 from discriminators import (MatchingDiscriminator, SpatialDiscriminator, TemporalDiscriminator,
                             discriminator_stats, hinge_d_loss, hinge_g_loss, orthogonal_init,
                             sn_conv2d, sn_conv3d)
+import level1
 from level1 import ConditionalBatchNorm, Level1Generator, UpBlock
+from metrics import TrainingEvaluator   # --eval-every: the two-sample test (+ FVD)
 from training import (autocast, check_architecture, check_finite, checkpoint_state, Chores,
-                      load_checkpoint, make_grad_scaler, option, parse_config,
+                      load_checkpoint, load_state, make_grad_scaler, option, parse_config,
                       per_rank_batch, prepare_out_dir, resolve_amp, restore_checkpoint,
                       run_main, save_checkpoint, seed_everything,
                       set_aside_previous_checkpoint, setup_distributed,
-                      standing_statistics, step_seed, TrainConfig, unwrap, update_ema,
-                      wrap_ddp, write_samples)
+                      standing_statistics, step_seed, TrainConfig, training_command, unwrap,
+                      update_ema, wrap_ddp, write_samples)
 
 
 # ----------------------------------------------------------------------------------
@@ -289,6 +293,105 @@ def build_generator(config: dict, num_classes: int) -> UpsampleGenerator:
                              config.get("padding", "zeros"))
 
 
+# ----------------------------------------------------------------------------------
+# Sampling with a trained level: the whole video in windows of the training shape.
+# sample.py chains these over all levels; --cond-from (below) runs them for the
+# trained levels under this one.
+# ----------------------------------------------------------------------------------
+
+def window_starts(frames: int, window: int) -> list[int]:
+    """First condition frame of each window: 0, w, 2w, ..., and a last one clamped to
+    frames - w when w does not divide the length (it overlaps its neighbour, whose
+    frames are kept: the clamped window only adds the frames after it)."""
+    window = min(window, frames)
+    starts = list(range(0, frames - window + 1, window))
+    if starts[-1] + window < frames:
+        starts.append(frames - window)
+    return starts
+
+
+def upsample(generator: nn.Module, condition: torch.Tensor, z: torch.Tensor,
+             labels: torch.Tensor | None = None, context: int = 0, window: int | None = None,
+             on_window=None) -> torch.Tensor:
+    """Run an upsampling level over a whole condition video.
+
+    condition (B, 3, t, h, w) -> (B, 3, t*tf, h*sf, w*sf), on the condition's device
+    (the host, in `generate`). window=None: one call on the whole padded video.
+    window=w: calls on windows of w condition frames plus `context` frames each side;
+    only the window is moved to the generator's device, so the memory there is the
+    same for any t. With context >= the generator's temporal receptive field R both
+    give the same video (see UpsampleGenerator: every window then sees all the
+    condition frames its output depends on; tests/test_sample.py checks it).
+    on_window() is called after every generator call (the progress bar).
+    """
+    device, host = z.device, condition.device
+    tf, sf = generator.time_factor, generator.space_factor
+    b, c, t, h, w = condition.shape
+    padded = pad_condition(condition, context)                   # (B, 3, t + 2K, h, w)
+    if window is None:
+        out = generator(padded.to(device), z, labels, context=context).float().to(host)
+        if on_window:
+            on_window()
+        return out                                               # (B, 3, t*tf, H, W)
+    window = min(window, t)
+    out = torch.empty(b, c, t * tf, h * sf, w * sf, device=host)  # the whole video
+    done = 0                                                     # condition frames with output
+    for j0 in window_starts(t, window):
+        # Padded frames j0 .. j0 + w + 2K are condition frames j0 - K .. j0 + w + K:
+        # the window and its context (edge frames replicated past the ends).
+        # (contiguous: a time slice is a strided view, and CPU convolutions on strided
+        # inputs take a path several times slower.)
+        piece = padded[:, :, j0:j0 + window + 2 * context].to(device).contiguous()
+        result = generator(piece, z, labels, context=context).float().to(host)   # (B, 3, w*tf, H, W)
+        # Only the frames after `done`: a clamped last window leaves its neighbour's
+        # frames as they are (upsample_chunks, which streams, can do the same).
+        out[:, :, done * tf:(j0 + window) * tf] = result[:, :, (done - j0) * tf:]
+        done = j0 + window
+        if on_window:
+            on_window()
+    return out
+
+
+def freeze(generator: nn.Module) -> nn.Module:
+    """Eval mode, no gradients, and spectral norm baked into the weights.
+
+    eval(): batch norm uses its running statistics, so a video does not depend on
+    the others in its batch, and spectral norm stops its power iteration. With the
+    estimate fixed, W / sigma is the same at every call: compute it once
+    (leave_parametrized=True keeps the normalised weight) instead of per forward.
+    """
+    generator.eval().requires_grad_(False)
+    for module in generator.modules():
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return generator
+
+
+def trained_spec(preset: str, state: dict) -> LevelSpec:
+    """The preset's LevelSpec with the crop and context this level was trained with
+    (an upsampling level's config may override them; None means the preset's)."""
+    spec = level_spec(preset, state["level"])
+    config = state["config"]
+    crop = config.get("crop_frames") or spec.crop_frames
+    context = spec.context if config.get("context") is None else config["context"]
+    return dataclasses.replace(spec, crop_frames=crop, context=context)
+
+
+def load_ema_generator(state: dict, path) -> nn.Module:
+    """A checkpoint's EMA generator (the one every sample comes from), rebuilt from the
+    config the checkpoint stores and frozen (see `freeze`): level 1's or an upsampling
+    level's, as the checkpoint says. state: what training.load_checkpoint returns."""
+    build = level1.build_generator if state["level"] == 1 else build_generator
+    generator = build(state["config"], state["num_classes"])
+    load_state(generator, state["models"]["ema_generator"], "EMA generator", path)
+    return freeze(generator)
+
+
+# ----------------------------------------------------------------------------------
+# Partial views, and --cond-from's bank of previous-level samples.
+# ----------------------------------------------------------------------------------
+
 def crop_settings(cfg: UpsampleConfig):
     """The level's spec and its partial view (crop frames, context, crop size), checked."""
     if cfg.level < 2:
@@ -319,6 +422,7 @@ def crop_settings(cfg: UpsampleConfig):
     return spec, crop, context, crop_size
 
 
+@torch.no_grad()
 def previous_level_bank(cfg: UpsampleConfig, context: int, device) -> torch.Tensor:
     """--cond-from: a bank of level-(l-1) videos *generated* by the trained levels
     below, edge-padded by the context: (M, 3, T_{l-1} + 2K, h, w) on the host.
@@ -327,18 +431,47 @@ def previous_level_bank(cfg: UpsampleConfig, context: int, device) -> torch.Tens
     the condition is the previous level's output, with its own flaws. Conditioning
     part of the batch on real samples of that level lets this one learn to cope.
     The bank is sampled once (the previous levels are frozen), with the EMA
-    generators, as sample.py does.
+    generators, the way sample.py chains them: level 1 from noise, then each
+    upsampling level over the whole video in the windows it was trained on
+    (`upsample`). Its noise is drawn from one generator seeded with --seed + 1
+    (sample.py gives each video its own stream instead; the bank needs no more).
+    Levels 1 .. l-2 are read from level1/, level2/, ... next to the --cond-from folder.
     """
-    import sample   # imported here: sample.py imports this file
     below = Path(cfg.cond_from)
-    ckpts = [below.parent / f"level{level}" / "ckpt.pt" for level in range(1, cfg.level - 1)]
-    chain = sample.load_chain(ckpts=ckpts + [below / "ckpt.pt"], preset=cfg.preset, device=device,
-                              levels=cfg.level - 1)
-    if chain.specs[-1].level != cfg.level - 1:
-        raise UserError(f"--cond-from {below}: holds level {chain.specs[-1].level}, but level "
-                        f"{cfg.level} needs samples of level {cfg.level - 1}")
-    videos = sample.generate(chain, cfg.cond_bank, seed=cfg.seed + 1)
-    return pad_condition(videos, context)
+    paths = [below.parent / f"level{level}" / "ckpt.pt" for level in range(1, cfg.level - 1)]
+    paths.append(below / "ckpt.pt")                    # level l-1: the --cond-from folder
+    generators, specs = [], []
+    for level, path in enumerate(paths, start=1):
+        if not path.is_file():
+            raise UserError(
+                f"--cond-from {below}: level {level} is missing from the chain below level "
+                f"{cfg.level}: {path} does not exist (levels 1 .. {cfg.level - 2} are read from "
+                f"level1/, level2/, ... next to the --cond-from folder). Train it with "
+                f"`{training_command(level)} --preset {cfg.preset} --out {path.parent}`.")
+        state = load_checkpoint(path, preset=cfg.preset)
+        if state["level"] != level:
+            raise UserError(
+                f"--cond-from {below}: {path} holds level {state['level']}, but level {level} is "
+                f"expected there: level {level} is missing from the chain below level "
+                f"{cfg.level}, which trains on samples of level {cfg.level - 1}. Pass the run "
+                f"folder of level {cfg.level - 1} (e.g. {below.parent / f'level{cfg.level - 1}'}).")
+        generators.append(load_ema_generator(state, path).to(device))
+        specs.append(trained_spec(cfg.preset, state))
+    noise = torch.Generator().manual_seed(cfg.seed + 1)
+    videos = []
+    for start in range(0, cfg.cond_bank, 8):            # 8 videos at a time, as sample.py
+        n = min(8, cfg.cond_bank - start)
+        # Lower levels trained with --class-conditional need a class: a random one.
+        labels = (torch.randint(generators[0].num_classes, (n,), generator=noise).to(device)
+                  if generators[0].num_classes else None)
+        video = generators[0](generators[0].sample_latent(n, generator=noise), labels)
+        video = video.float().cpu()                                   # (n, 3, T_1, S_1, S_1)
+        for g, spec in zip(generators[1:], specs[1:]):
+            video = upsample(g, video, g.sample_latent(n, generator=noise),
+                             labels if g.num_classes else None, context=spec.context,
+                             window=spec.crop_frames // spec.time_factor)  # (n, 3, T_l, S_l, S_l)
+        videos.append(video)
+    return pad_condition(torch.cat(videos), context)
 
 
 def bank_crops(bank: torch.Tensor, count: int, frames: int, size: int, space_factor: int) -> torch.Tensor:
@@ -454,8 +587,7 @@ def main(argv=None) -> None:
     sample_condition = down(sample_real, spec.time_factor, spec.space_factor)   # (N, 3, T/tf, h, w)
     sample_z = unwrap(generator).sample_latent(cfg.num_samples, generator=sample_gen)
     evaluator = None
-    if cfg.eval_every and dist.is_main:
-        from metrics import TrainingEvaluator   # the two-sample test (+ FVD with --i3d)
+    if cfg.eval_every and dist.is_main:   # the two-sample test (+ FVD with --i3d)
         evaluator = TrainingEvaluator(base, cfg.eval_videos, device, cfg.i3d, seed=cfg.seed)
     bank = previous_level_bank(cfg, context, device) if cfg.cond_from else None
     generated = local_batch // 2 if bank is not None else 0     # how many G inputs come from the bank
