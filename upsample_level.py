@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
+from tqdm import tqdm
 
 from data import (LevelDataset, LevelSpec, UserError, down, level_spec, make_dataset, make_loader,
                   num_levels, pad_condition, video_grid)
@@ -50,13 +52,14 @@ from discriminators import (MatchingDiscriminator, SpatialDiscriminator, Tempora
 import level1
 from level1 import ConditionalBatchNorm, Level1Generator, UpBlock
 from metrics import TrainingEvaluator   # --eval-every: the two-sample test (+ FVD)
-from training import (autocast, check_architecture, check_finite, checkpoint_state, Chores,
-                      load_checkpoint, load_state, make_grad_scaler, option, parse_config,
-                      per_rank_batch, prepare_out_dir, resolve_amp, restore_checkpoint,
-                      run_main, save_checkpoint, seed_everything,
-                      set_aside_previous_checkpoint, setup_distributed,
-                      standing_statistics, step_seed, TrainConfig, training_command, unwrap,
-                      update_ema, wrap_ddp, write_samples)
+from training import (StopRequest, TrainConfig, autocast, check_architecture, check_finite,
+                      checkpoint_state, cleanup_distributed, count_flops, load_checkpoint,
+                      load_state, log_line, make_grad_scaler, option, parse_config, peak_flops,
+                      per_rank_batch, prepare_out_dir, release_out_dir, resolve_amp,
+                      restore_checkpoint, run_main, save_checkpoint, seed_everything,
+                      set_aside_previous_checkpoint, setup_distributed, standing_statistics,
+                      step_seed, tensorboard_writer, training_command, unwrap, update_ema,
+                      wrap_ddp, write_samples)
 
 
 # ----------------------------------------------------------------------------------
@@ -508,8 +511,98 @@ def detail(video: torch.Tensor) -> float:
 
 
 def matching_condition(condition: torch.Tensor, context: int) -> torch.Tensor:
-    """The condition frames that the output crop covers: the window minus its context."""
+    """The condition frames that the output crop covers: the window minus its context.
+    (B, 3, crop/tf + 2K, h, w) -> (B, 3, crop/tf, h, w)"""
     return condition[:, :, context:condition.shape[2] - context]
+
+
+# ----------------------------------------------------------------------------------
+# The losses: level 1's three functions (level1.py), with the matching discriminator.
+# ----------------------------------------------------------------------------------
+
+def matching_pair(condition: torch.Tensor, video: torch.Tensor, labels, context: int,
+                  generated: int = 0):
+    """What D_M scores for a batch of output crops: (c, x, labels), where c is the
+    condition frames each crop covers (its window without the context).
+
+    The real pair is matching_pair(condition, real) and the fake pair
+    matching_pair(condition, G(condition, z)): both carry the SAME condition, so
+    the only thing that tells them apart is whether the video agrees with it.
+    generated: with --cond-from, the last `generated` examples of G's batch were
+    conditioned on previous-level samples, not on `condition`; D_M judges only the
+    first B - generated, whose condition is real (it must learn agreement, not how
+    to spot a generated condition).
+    condition (B, 3, crop/tf + 2K, h, w), video (B, 3, crop, H, W)
+      -> (n, 3, crop/tf, h, w), (n, 3, crop, H, W), (n,) or None;  n = B - generated
+    """
+    n = video.shape[0] - generated
+    return (matching_condition(condition[:n], context), video[:n],
+            labels[:n] if labels is not None else None)
+
+
+def discriminator_scores(discriminators: dict, condition, video, labels, context: int,
+                         generated: int = 0) -> dict:
+    """Each discriminator's scores of a batch of output crops: D_S(x) and D_T(x), (B,),
+    as at level 1; and, when the level has one, D_M(c, x) on `matching_pair`, (n,)."""
+    scores = {"spatial": discriminators["spatial"](video, labels),
+              "temporal": discriminators["temporal"](video, labels)}
+    if "matching" in discriminators:
+        scores["matching"] = discriminators["matching"](
+            *matching_pair(condition, video, labels, context, generated))
+    return scores
+
+
+def discriminator_loss(discriminators: dict, weights: dict, condition, real, fake, labels,
+                       context: int, generated: int = 0):
+    """The discriminators' hinge loss, weighted, and the numbers the log shows of it:
+
+        L_D = sum_D w_D * ( E[relu(1 - D(real))] + E[relu(1 + D(fake))] ),  D in {D_S, D_T, D_M}
+
+    with D_M's real and fake inputs the pairs (c, x) and (c, G(c', z)) of
+    `matching_pair`. real, fake (B, 3, crop, H, W); fake computed without gradients.
+    -> (L_D, {d_<name>_loss, d_<name>_real, d_<name>_fake: scalars}).
+    """
+    real_scores = discriminator_scores(discriminators, condition, real, labels, context, generated)
+    fake_scores = discriminator_scores(discriminators, condition, fake, labels, context, generated)
+    loss = sum(weights[name] * hinge_d_loss(real_scores[name], fake_scores[name]) for name in real_scores)
+    return loss, discriminator_stats(real_scores, real_scores.values(), fake_scores.values())
+
+
+def generator_loss(discriminators: dict, weights: dict, condition, fake, labels, context: int,
+                   generated: int = 0) -> torch.Tensor:
+    """The generator's hinge loss:
+
+        L_G = -sum_D w_D * E[D(fake)],  D in {D_S, D_T, D_M},  D_M(fake) = D_M(c, G(c, z))
+
+    The matching term rewards G only for outputs that D_M accepts as the
+    high-resolution version of *their own* condition, so G cannot ignore its input
+    and still fool D_M. fake = G(condition, z) with gradients; the discriminators
+    are frozen and unwrapped (as at level 1: level1.generator_loss).
+    """
+    fake_scores = discriminator_scores(discriminators, condition, fake, labels, context, generated)
+    return sum(weights[name] * hinge_g_loss(scores) for name, scores in fake_scores.items())
+
+
+def step_flops(generator, discriminators: dict, condition, real, labels,
+               context: int, d_steps: int, generated: int = 0) -> int:
+    """FLOPs of one training step (training.count_flops): d_steps D updates and one G
+    update, forward and backward, on a batch of partial views of these shapes; the
+    scores' sum stands in for the hinge losses, and the models are copies (see
+    level1.step_flops)."""
+    generator, discriminators = copy.deepcopy(generator), copy.deepcopy(discriminators)
+    z = torch.randn(real.shape[0], generator.z_dim, device=real.device)
+
+    def scores(video):
+        return discriminator_scores(discriminators, condition, video, labels, context, generated).values()
+
+    def one_step():
+        for _ in range(d_steps):                # D: scores of real and of G(c, z) (no grad for G)
+            with torch.no_grad():
+                fake = generator(condition, z, labels, context=context)
+            sum(s.sum() for s in [*scores(real), *scores(fake)]).backward()
+        sum(s.sum() for s in scores(generator(condition, z, labels, context=context))).backward()   # G
+
+    return count_flops(one_step)
 
 
 # ----------------------------------------------------------------------------------
@@ -568,6 +661,23 @@ def main(argv=None) -> None:
         step = restore_checkpoint(ckpt, models, optimizers, ckpt_path)
         if dist.is_main:
             print(f"resumed from {ckpt_path} at step {step}")
+    # --cond-from: the last `generated` of G's conditions in a batch are previous-level samples.
+    generated = local_batch // 2 if cfg.cond_from else 0
+
+    # A fixed batch of real training crops (far from the positions training uses),
+    # for the EMA generator's batch-norm statistics: fixed, so a resumed run computes
+    # exactly the statistics an uninterrupted one does.
+    stats_batch = torch.utils.data.default_collate(
+        [dataset[2**62 + i] for i in range(local_batch)])
+    stats_condition = stats_batch["condition"].to(device)
+    stats_labels = stats_batch["label"].to(device) if num_classes else None
+    # MFU in the log line: the FLOPs of one step (counted once, on copies of the plain
+    # models, with batches of the training shapes) and the device's peak FLOP/s.
+    if dist.is_main:
+        flops_per_step = step_flops(generator, discriminators, stats_condition,
+                                    stats_batch["target"].to(device), stats_labels, context,
+                                    cfg.d_steps, generated)
+        peak = peak_flops(device, amp_dtype)
 
     if dist.world_size > 1:   # several GPUs: see level1.py and training.wrap_ddp
         generator = wrap_ddp(generator, device, sync_batch_norm=True)
@@ -576,6 +686,8 @@ def main(argv=None) -> None:
     if cfg.compile:
         generator = torch.compile(generator)
         discriminators = {name: torch.compile(d) for name, d in discriminators.items()}
+    # The G update calls the discriminators unwrapped: see level1.generator_loss.
+    plain_discriminators = {name: unwrap(d) for name, d in discriminators.items()}
 
     batches = make_loader(dataset, local_batch, start_batch=step * cfg.d_steps,
                           num_workers=cfg.num_workers, rank=dist.rank, world_size=dist.world_size)
@@ -590,7 +702,6 @@ def main(argv=None) -> None:
     if cfg.eval_every and dist.is_main:   # the two-sample test (+ FVD with --i3d)
         evaluator = TrainingEvaluator(base, cfg.eval_videos, device, cfg.i3d, seed=cfg.seed)
     bank = previous_level_bank(cfg, context, device) if cfg.cond_from else None
-    generated = local_batch // 2 if bank is not None else 0     # how many G inputs come from the bank
 
     def generator_conditions(condition):
         """G's conditions: the real ones, or with --cond-from the last `generated` of
@@ -601,32 +712,6 @@ def main(argv=None) -> None:
         fake_c = bank_crops(bank, generated, frames, size, spec.space_factor).to(device)
         return torch.cat([condition[:local_batch - generated], fake_c])
 
-    def scores(condition, video, labels):
-        """Each discriminator's score of an output crop: {name: (B,)}.
-
-        D_M gets the pair (condition crop, video): real pairs (down(x), x) and fake
-        pairs (down(x), G(down(x), z)) share the same condition, so the only way to
-        tell them apart is whether the video agrees with its condition.
-        """
-        result = {"spatial": discriminators["spatial"](video, labels),
-                  "temporal": discriminators["temporal"](video, labels)}
-        if "matching" in discriminators:
-            # With --cond-from, D_M only judges pairs whose condition is real (the
-            # first B - generated): it must learn agreement, not spot generated conditions.
-            n = local_batch - generated
-            pair_labels = labels[:n] if labels is not None else None
-            result["matching"] = discriminators["matching"](
-                matching_condition(condition[:n], context), video[:n], pair_labels)
-        return result
-
-    # A fixed batch of real training crops (far from the positions training uses),
-    # for the EMA generator's batch-norm statistics: fixed, so a resumed run computes
-    # exactly the statistics an uninterrupted one does.
-    stats_batch = torch.utils.data.default_collate(
-        [dataset[2**62 + i] for i in range(local_batch)])
-    stats_condition = stats_batch["condition"].to(device)
-    stats_labels = stats_batch["label"].to(device) if num_classes else None
-
     def refresh_ema_statistics():
         # Batch-norm statistics measured with the EMA weights themselves (see
         # training.standing_statistics): the fixed crops, with fresh noise each batch.
@@ -634,13 +719,11 @@ def main(argv=None) -> None:
             stats_condition, torch.randn(local_batch, cfg.z_dim, device=device), stats_labels,
             context=context))
 
-    def save(step, refresh=True):
-        if refresh:
-            refresh_ema_statistics()
+    def save(step):
+        # ckpt.pt: everything needed to resume (training.checkpoint_state), written atomically.
         save_checkpoint(ckpt_path, checkpoint_state(cfg, cfg.level, step, num_classes, models, optimizers))
 
     def write_sample_grid(step):
-        refresh_ema_statistics()
         # Whole videos: G over the full condition, padded with the context it expects.
         with torch.no_grad():
             padded = pad_condition(sample_condition, context).to(device)
@@ -657,15 +740,13 @@ def main(argv=None) -> None:
                              "nearest_condition": detail(nearest)}}
         paths[0].with_suffix(".json").write_text(json.dumps(report, indent=1))
 
-    def evaluate(step):
-        # Score the EMA generator with its standing statistics refreshed, and save
-        # exactly that model as ckpt_best.pt if it is the best so far (no second refresh).
-        refresh_ema_statistics()
-        return evaluator.evaluate_generator(ema_generator, out, step, lambda s: save(s, refresh=False))
-
-    chores = Chores(cfg, dist, out, step, f"level {cfg.level}", save, write_sample_grid,
-                    evaluate if evaluator is not None else None, unit="crops")
-    with chores:   # after every step: log, samples, checkpoints, Ctrl-C (see training.Chores)
+    # Rank 0 writes: the progress bar, log.jsonl (and TensorBoard), samples, checkpoints.
+    progress = tqdm(total=cfg.steps, initial=step, disable=not dist.is_main,
+                    desc=f"level {cfg.level}", dynamic_ncols=True)
+    tensorboard = tensorboard_writer(cfg, out, dist)        # None without --tensorboard
+    crops_per_step = cfg.batch_size * (cfg.d_steps + 1)     # d_steps D batches + one G batch
+    logged_step, logged_time = step, time.time()
+    with StopRequest() as stop:     # Ctrl-C / SIGTERM: finish the step, save, exit with 130
         while step < cfg.steps:
             torch.manual_seed(step_seed(cfg.seed, dist.rank, step))   # see training.step_seed
             # ---- Discriminators: d_steps updates on fresh partial views. --------------
@@ -680,33 +761,22 @@ def main(argv=None) -> None:
                 with autocast(device, amp_dtype):
                     with torch.no_grad():
                         fake = generator(g_condition, z, labels, context=context)
-                    real_scores = scores(condition, real, labels)
-                    fake_scores = scores(condition, fake, labels)
-                    loss_d = sum(weights[n] * hinge_d_loss(real_scores[n], fake_scores[n]) for n in real_scores)
-                    d_stats = discriminator_stats(real_scores, real_scores.values(), fake_scores.values())
+                    loss_d, d_stats = discriminator_loss(discriminators, weights, condition, real, fake,
+                                                         labels, context, generated)
                 d_opt.zero_grad(set_to_none=True)
                 d_scaler.scale(loss_d).backward()
                 d_scaler.step(d_opt)
                 d_scaler.update()
 
-            # ---- Generator: L_G = -sum_D w_D * E[D(fake)] (D frozen, unwrapped). ------
+            # ---- Generator: L_G = -sum_D w_D * E[D(fake)], D_M on (c, G(c, z)). --------
             for p in d_params:
                 p.requires_grad_(False)
             # G is conditioned on the last real condition batch, with fresh noise.
             z = torch.randn(local_batch, cfg.z_dim, device=device)
             with autocast(device, amp_dtype):
                 fake = generator(g_condition, z, labels, context=context)
-                fake_scores = {"spatial": unwrap(discriminators["spatial"])(fake, labels),
-                               "temporal": unwrap(discriminators["temporal"])(fake, labels)}
-                if "matching" in discriminators:
-                    # The matching term: G is rewarded only for outputs that D_M accepts
-                    # as the high-resolution version of *this* condition, so it cannot
-                    # ignore its input and still fool D_M.
-                    n = local_batch - generated
-                    fake_scores["matching"] = unwrap(discriminators["matching"])(
-                        matching_condition(condition[:n], context), fake[:n],
-                        labels[:n] if labels is not None else None)
-                loss_g = sum(weights[n] * hinge_g_loss(s) for n, s in fake_scores.items())
+                loss_g = generator_loss(plain_discriminators, weights, condition, fake, labels,
+                                        context, generated)
             g_opt.zero_grad(set_to_none=True)
             g_scaler.scale(loss_g).backward()
             g_scaler.step(g_opt)
@@ -715,11 +785,54 @@ def main(argv=None) -> None:
                 p.requires_grad_(True)
             check_finite(step, ckpt_path, loss_d=loss_d, loss_g=loss_g)
 
+            # ---- EMA of G: copy during warm-up, then average. -------------------------
             update_ema(ema_generator, unwrap(generator), cfg.ema_decay if step >= cfg.ema_start else 0.0)
-            step += 1
-            # ---- Log, samples, FVD, checkpoint (rank 0), Ctrl-C: training.Chores. -----
-            chores.after_step(step, loss_d, loss_g, seen=cfg.batch_size * (cfg.d_steps + 1), stats=d_stats)
-    chores.finish(step)
+            step += 1                   # from here on, `step` counts completed steps
+            last = step == cfg.steps
+
+            # ---- Log, evaluate, samples, checkpoint: rank 0 only. ---------------------
+            if dist.is_main:
+                progress.update(1)
+                evaluate_now = evaluator is not None and step % cfg.eval_every == 0
+                if step % cfg.log_every == 0 or last or evaluate_now:
+                    seconds = max(time.time() - logged_time, 1e-9)
+                    steps_done, logged_step, logged_time = step - logged_step, step, time.time()
+                    record = {"step": step, "loss_d": loss_d.item(), "loss_g": loss_g.item(),
+                              "crops_per_s": steps_done * crops_per_step / seconds,
+                              # MFU: FLOPs done since the last line / seconds / peak FLOP/s
+                              "mfu": steps_done * flops_per_step / seconds / peak,
+                              **{name: value.item() for name, value in d_stats.items()}}
+                    if evaluate_now:
+                        # Score the EMA generator with fresh standing statistics; if it is the
+                        # best so far, `save` keeps exactly that model as ckpt_best.pt.
+                        refresh_ema_statistics()
+                        record.update(evaluator.evaluate_generator(ema_generator, out, step, save))
+                    log_line(out, record, progress, tensorboard, unit="crops")
+                if (cfg.sample_every and step % cfg.sample_every == 0) or last:
+                    refresh_ema_statistics()
+                    write_sample_grid(step)
+                if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or last:
+                    refresh_ema_statistics()
+                    save(step)
+
+            # ---- Ctrl-C: every rank stops after this same step; rank 0 saves it. ------
+            if stop.should_stop(device):
+                if dist.is_main:
+                    refresh_ema_statistics()
+                    save(step)           # `step` steps are complete: it resumes exactly
+                    progress.close()
+                    print(f"interrupted: saved {ckpt_path} at step {step}; "
+                          "run the same command to resume")
+                cleanup_distributed()
+                raise SystemExit(130)
+
+    progress.close()
+    if tensorboard is not None:
+        tensorboard.close()
+    if dist.is_main:
+        print(f"done: {ckpt_path} (step {step}), samples in {out / 'samples'}")
+        release_out_dir(out)
+    cleanup_distributed()
 
 
 if __name__ == "__main__":

@@ -117,3 +117,20 @@ def test_the_generator_class_defaults_are_the_command_line_defaults():
     defaults = inspect.signature(level1.Level1Generator).parameters
     cfg = level1.Level1Config()
     assert (defaults["z_dim"].default, defaults["ch"].default) == (cfg.z_dim, cfg.g_ch)
+
+
+def test_the_losses_are_the_weighted_hinge_losses_of_both_discriminators():
+    """Level 1's losses in the form the upsampling levels share (there with D_M):
+    L_D = sum_D w_D (E[relu(1 - D(x))] + E[relu(1 + D(G(z)))]), L_G = -sum_D w_D E[D(G(z))],
+    with stand-in discriminators whose scores are known: D_S = 2 * mean, D_T = -mean."""
+    ds = {"spatial": lambda video, labels=None: 2 * video.mean(dim=(1, 2, 3, 4)),
+          "temporal": lambda video, labels=None: -video.mean(dim=(1, 2, 3, 4))}
+    weights = {"spatial": 1.0, "temporal": 3.0}
+    real = torch.full((2, 3, 4, 8, 8), 0.25)                 # D_S = 0.5, D_T = -0.25
+    fake = torch.full((2, 3, 4, 8, 8), -0.75)                # D_S = -1.5, D_T = 0.75
+    loss_d, stats = level1.discriminator_loss(ds, weights, real, fake, None, None)
+    # spatial: relu(1 - 0.5) + relu(1 - 1.5) = 0.5; temporal: relu(1.25) + relu(1.75) = 3.0
+    assert float(loss_d) == pytest.approx(1.0 * 0.5 + 3.0 * 3.0)
+    assert float(stats["d_temporal_fake"]) == pytest.approx(0.75)
+    # L_G = -(1.0 * (-1.5) + 3.0 * 0.75)
+    assert float(level1.generator_loss(ds, weights, fake, None)) == pytest.approx(-(-1.5 + 2.25))
