@@ -65,7 +65,9 @@ def test_training_writes_checkpoint_log_and_samples(tmp_path, small_level1_args)
     assert code == 0
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
-    assert all({"loss_d", "loss_g"} <= r.keys() for r in records)
+    assert all({"loss_d", "loss_g", "clips_per_s", "mfu", "d_spatial_loss"} <= r.keys() for r in records)
+    # MFU: FLOPs of the logged steps per second over a measured peak, a fraction.
+    assert all(0 < r["mfu"] < 1 for r in records)
     ckpt = load_checkpoint(out / "ckpt.pt", level=1, preset="tiny")
     assert ckpt["step"] == 2 and ckpt["config"]["g_ch"] == 8
     assert {"generator", "ema_generator", "spatial", "temporal"} <= ckpt["models"].keys()
