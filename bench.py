@@ -60,7 +60,6 @@ import argparse
 import contextlib
 import gc
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -75,7 +74,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.utils.flop_counter import FlopCounterMode
 
 import data
 import flags
@@ -90,7 +88,8 @@ from discriminators import (
     hinge_d_loss,
     hinge_g_loss,
 )
-from training import autocast, resolve_amp, resolve_device, run_main
+from training import (autocast, count_flops, matmul_peak, resolve_amp, resolve_device, run_main,
+                      synchronize)
 
 ROOT = Path(__file__).resolve().parent
 
@@ -160,11 +159,6 @@ class PeakMemory:
         else:
             self.bytes = _proc_status_bytes("VmHWM") - self.before
         return False
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ----------------------------------------------------------------------------------
@@ -406,32 +400,11 @@ def bench_memory(settings: MemorySettings, device: torch.device) -> dict:
 # 2. Training throughput and model FLOPs utilisation.
 # ----------------------------------------------------------------------------------
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int) -> float:
-    """FLOP/s of a large (n x n) @ (n x n) matmul: 2 n^3 FLOPs, best of a few runs.
-    The reference for MFU: what this device really does on the friendliest workload."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b                                              # warm-up
-    best = math.inf
-    for _ in range(5):
-        synchronize(device)
-        start = time.perf_counter()
-        repeats = 0
-        while time.perf_counter() - start < 0.3 or repeats < 2:
-            a @ b
-            repeats += 1
-        synchronize(device)
-        best = min(best, (time.perf_counter() - start) / repeats)
-    return 2 * n**3 / best
-
-
 def step_flops(gan: GAN) -> int:
     """FLOPs of one training iteration (forward and backward of every matmul and
-    convolution), counted by torch.utils.flop_counter while it runs."""
-    counter = FlopCounterMode(display=False)
-    with counter:
-        train_step(gan)
-    return counter.get_total_flops()
+    convolution), counted by torch.utils.flop_counter while it runs (training.count_flops,
+    which the level scripts use for the MFU in their log line)."""
+    return count_flops(lambda: train_step(gan))
 
 
 def time_steps(gan: GAN, iterations: int) -> list[float]:

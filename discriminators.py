@@ -304,7 +304,7 @@ class DBlock3d(DBlock2d):
 #
 # Like BigGAN: one downsampling block per halving of the resolution until the
 # feature map is 4x4, then one more block at 4x4 without downsampling.  Widths
-# double per block, capped at 16*ch.  With the default ch=32:
+# double per block, capped at 16*ch.  With ch=32 (the default is 16, as --d-ch):
 #
 #   input   blocks (output channels, output size)
 #    8x8    32@4  32@4
@@ -382,7 +382,7 @@ class SpatialDiscriminator(nn.Module):
     quality.  (B, C, T, H, W) -> (B,)
     """
 
-    def __init__(self, in_channels=3, ch=32, resolution=64, k_frames=8, num_classes=0):
+    def __init__(self, in_channels=3, ch=16, resolution=64, k_frames=8, num_classes=0):
         super().__init__()
         self.resolution = resolution
         self.k_frames = k_frames
@@ -493,7 +493,7 @@ class TemporalDiscriminator(_VideoDiscriminator):
     (B, C, T, H, W) -> (B,);  H = W = resolution.
     """
 
-    def __init__(self, in_channels=3, ch=32, resolution=64, num_classes=0, pool_input=True):
+    def __init__(self, in_channels=3, ch=16, resolution=64, num_classes=0, pool_input=True):
         if pool_input and resolution < 16:
             raise ValueError(
                 f"TemporalDiscriminator pools frames 2x, so resolution must be >= 16, got {resolution}"
@@ -535,10 +535,17 @@ class TemporalDiscriminator(_VideoDiscriminator):
 # Input: the condition nearest-upsampled to the output's (T, H, W) and
 # concatenated with the output on channels, so every output voxel sits next to
 # the condition value it must agree with; then the same body as D_T (3-D blocks
-# first, so disagreements in motion are visible).  Unlike D_T it looks at full
-# resolution by default: a 2x pooled output would blur exactly the mismatch
-# (at the condition's own scale) it has to find.  pool_input=True halves it
-# when memory is tight.
+# first, so disagreements in motion are visible).  Like D_T, it sees the pair
+# 2x average-pooled in space by default (pool_input=True, `--matching-pool`).
+# Pooling does not blur away the mismatch D_M must find: that mismatch is at
+# the condition's scale, and with the space factor 2 of the presets a 2x2 average
+# of the output is exactly the spatial part of down(output) (data.down averages
+# sf x sf blocks), so the pooled pair still holds, pixel for pixel, the
+# condition next to what the output gives back when downsampled.  What pooling
+# hides is detail finer than the condition, which D_S judges.  Measured at
+# level 2 of the tiny preset, full resolution (`--no-matching-pool`) was within
+# run-to-run noise of the pooled pair (docs/quality.md, section 3), and pooling
+# makes the 3-D blocks 4x cheaper.
 
 
 def matching_input(condition, video, time_factor=None, space_factor=None):
@@ -581,7 +588,7 @@ class MatchingDiscriminator(_VideoDiscriminator):
     condition (B, C, t, h, w), video (B, C, T, H, W) -> (B,)
     """
 
-    def __init__(self, in_channels=3, ch=32, resolution=64, num_classes=0, pool_input=False,
+    def __init__(self, in_channels=3, ch=16, resolution=64, num_classes=0, pool_input=True,
                  time_factor=None, space_factor=None):
         if pool_input and resolution < 16:
             raise ValueError(f"pool_input=True needs resolution >= 16, got {resolution}")

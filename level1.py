@@ -26,23 +26,27 @@ samples/step_XXXXXX.{mp4,gif} from the EMA generator.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from data import LevelDataset, UserError, level_spec, make_dataset, make_loader, video_grid
 from discriminators import (SpatialDiscriminator, TemporalDiscriminator, discriminator_stats,
                             hinge_d_loss, hinge_g_loss, orthogonal_init, sn_conv2d, sn_linear)
-from training import (autocast, check_architecture, check_finite, checkpoint_state, Chores,
-                      load_checkpoint, make_grad_scaler, option, parse_config,
-                      per_rank_batch, prepare_out_dir, resolve_amp, restore_checkpoint,
-                      run_main, save_checkpoint, seed_everything,
-                      set_aside_previous_checkpoint, setup_distributed,
-                      standing_statistics, step_seed, TrainConfig, unwrap, update_ema,
-                      wrap_ddp, write_samples)
+from metrics import TrainingEvaluator   # --eval-every: the two-sample test (+ FVD)
+from training import (StopRequest, TrainConfig, autocast, check_architecture, check_finite,
+                      checkpoint_state, cleanup_distributed, count_flops, load_checkpoint,
+                      log_line, make_grad_scaler, option, parse_config, peak_flops,
+                      per_rank_batch, prepare_out_dir, release_out_dir, resolve_amp,
+                      restore_checkpoint, run_main, save_checkpoint, seed_everything,
+                      set_aside_previous_checkpoint, setup_distributed, standing_statistics,
+                      step_seed, tensorboard_writer, unwrap, update_ema, wrap_ddp,
+                      write_samples)
 
 
 # ----------------------------------------------------------------------------------
@@ -157,10 +161,11 @@ class Level1Generator(nn.Module):
     Layout for an output of size S: log2(S / 4) groups, each a ConvGRU over the
     frames at the current resolution followed by a residual block that doubles it.
     Widths halve as the resolution doubles, from g_ch * min(8, 2**groups) at 4x4
-    down to g_ch at S x S (tiny, S=16: 128 -> 64 -> 32 with g_ch=32).
+    down to g_ch at S x S (tiny, S=16: 64 -> 32 -> 16 with the default g_ch=16).
+    The defaults of z_dim and ch are the command line's (--z-dim, --g-ch).
     """
 
-    def __init__(self, frames: int, size: int, z_dim: int = 120, ch: int = 32,
+    def __init__(self, frames: int, size: int, z_dim: int = 120, ch: int = 16,
                  num_classes: int = 0):
         super().__init__()
         self.frames, self.size, self.z_dim, self.num_classes = frames, size, z_dim, num_classes
@@ -214,6 +219,67 @@ def build_generator(config: dict, num_classes: int) -> Level1Generator:
 
 
 # ----------------------------------------------------------------------------------
+# The losses (the upsampling levels have the same functions, with D_M added).
+# ----------------------------------------------------------------------------------
+
+def discriminator_scores(discriminators: dict, video: torch.Tensor, labels) -> dict:
+    """Each discriminator's scores of a batch of clips: {"spatial": D_S(x), "temporal": D_T(x)},
+    each (B,). video (B, 3, T, H, W); labels (B,) class ids, or None."""
+    return {name: d(video, labels) for name, d in discriminators.items()}
+
+
+def discriminator_loss(discriminators: dict, weights: dict, real, fake, real_labels, fake_labels):
+    """The discriminators' hinge loss, weighted, and the numbers the log shows of it:
+
+        L_D = sum_D w_D * ( E_x[relu(1 - D(x))] + E_z[relu(1 + D(G(z)))] ),  D in {D_S, D_T}
+
+    real, fake (B, 3, T, H, W); fake = G(z) computed without gradients (only D learns
+    from this loss). -> (L_D, {d_<name>_loss, d_<name>_real, d_<name>_fake: scalars}).
+    """
+    real_scores = discriminator_scores(discriminators, real, real_labels)
+    fake_scores = discriminator_scores(discriminators, fake, fake_labels)
+    loss = sum(weights[name] * hinge_d_loss(real_scores[name], fake_scores[name]) for name in real_scores)
+    return loss, discriminator_stats(real_scores, real_scores.values(), fake_scores.values())
+
+
+def generator_loss(discriminators: dict, weights: dict, fake, labels) -> torch.Tensor:
+    """The generator's hinge loss: L_G = -sum_D w_D * E_z[D(G(z))], D in {D_S, D_T}.
+    fake = G(z) with gradients; the discriminators passed in are frozen (no gradients
+    for their weights) and unwrapped (DDP does not average gradients nobody uses)."""
+    fake_scores = discriminator_scores(discriminators, fake, labels)
+    return sum(weights[name] * hinge_g_loss(scores) for name, scores in fake_scores.items())
+
+
+def step_flops(generator, discriminators: dict, batch: int, num_classes: int, d_steps: int,
+               device) -> int:
+    """FLOPs of one training step (training.count_flops): d_steps D updates and one G
+    update, forward and backward, on a batch of `batch` clips.
+
+    The hinge losses themselves are a few elementwise operations, which the counter
+    does not count (it counts matmuls and convolutions), so the scores' sum stands in
+    for them: its backward runs through the same layers. Counted on copies of the
+    models, so counting changes nothing (spectral norm and batch norm update buffers
+    as they run); the numbers in the clips do not matter, only their shapes.
+    """
+    generator, discriminators = copy.deepcopy(generator), copy.deepcopy(discriminators)
+    z = torch.randn(batch, generator.z_dim, device=device)
+    labels = torch.zeros(batch, dtype=torch.long, device=device) if num_classes else None
+    real = torch.zeros(batch, 3, generator.frames, generator.size, generator.size, device=device)
+
+    def one_step():
+        for _ in range(d_steps):                # D: scores of real and of G(z) (no grad for G)
+            with torch.no_grad():
+                fake = generator(z, labels)
+            scores = [*discriminator_scores(discriminators, real, labels).values(),
+                      *discriminator_scores(discriminators, fake, labels).values()]
+            sum(s.sum() for s in scores).backward()
+        scores = discriminator_scores(discriminators, generator(z, labels), labels).values()   # G
+        sum(s.sum() for s in scores).backward()
+
+    return count_flops(one_step)
+
+
+# ----------------------------------------------------------------------------------
 # Training.
 # ----------------------------------------------------------------------------------
 
@@ -240,18 +306,20 @@ def main(argv=None) -> None:
     # Models: G, its EMA copy (used for every sample), and the two discriminators.
     torch.manual_seed(cfg.seed)                     # identical initial weights on every rank
     generator = Level1Generator(spec.frames, spec.size, cfg.z_dim, cfg.g_ch, num_classes).to(device)
-    spatial_d = SpatialDiscriminator(3, cfg.d_ch, spec.size, cfg.k_frames, num_classes).to(device)
-    temporal_d = TemporalDiscriminator(3, cfg.d_ch, spec.size, num_classes).to(device)
+    discriminators = {
+        "spatial": SpatialDiscriminator(3, cfg.d_ch, spec.size, cfg.k_frames, num_classes).to(device),
+        "temporal": TemporalDiscriminator(3, cfg.d_ch, spec.size, num_classes).to(device),
+    }
+    weights = {"spatial": cfg.spatial_weight, "temporal": cfg.temporal_weight}
     ema_generator = copy.deepcopy(generator).eval().requires_grad_(False)
-    d_params = list(spatial_d.parameters()) + list(temporal_d.parameters())
+    d_params = [p for d in discriminators.values() for p in d.parameters()]
     # Adam with betas (--beta1, --beta2): BigGAN and DVD-GAN use (0, 0.999), no momentum;
     # the CPU defaults use beta1 = 0.5, which learns faster in a few hundred steps.
     g_opt = torch.optim.Adam(generator.parameters(), lr=cfg.g_lr, betas=(cfg.beta1, cfg.beta2))
     d_opt = torch.optim.Adam(d_params, lr=cfg.d_lr, betas=(cfg.beta1, cfg.beta2))
     g_scaler, d_scaler = make_grad_scaler(device, amp_dtype), make_grad_scaler(device, amp_dtype)
 
-    models = {"generator": generator, "ema_generator": ema_generator,
-              "spatial": spatial_d, "temporal": temporal_d}
+    models = {"generator": generator, "ema_generator": ema_generator, **discriminators}
     optimizers = {"generator": g_opt, "discriminator": d_opt}
     step = 0
     if cfg.resume and ckpt_path.exists():
@@ -260,14 +328,23 @@ def main(argv=None) -> None:
         step = restore_checkpoint(ckpt, models, optimizers, ckpt_path)
         if dist.is_main:
             print(f"resumed from {ckpt_path} at step {step}")
+    # MFU in the log line: the FLOPs of one step (counted once, on copies of the plain
+    # models) and the device's peak FLOP/s in the step's precision (training.peak_flops).
+    if dist.is_main:
+        flops_per_step = step_flops(generator, discriminators, local_batch, num_classes, cfg.d_steps,
+                                    device)
+        peak = peak_flops(device, amp_dtype)
 
     # Several GPUs: synchronised batch norm in G, gradients averaged by DDP.
     if dist.world_size > 1:
         generator = wrap_ddp(generator, device, sync_batch_norm=True)
-        spatial_d, temporal_d = wrap_ddp(spatial_d, device), wrap_ddp(temporal_d, device)
-        models.update(generator=generator, spatial=spatial_d, temporal=temporal_d)
+        discriminators = {name: wrap_ddp(d, device) for name, d in discriminators.items()}
+        models.update(generator=generator, **discriminators)
     if cfg.compile:
-        generator, spatial_d, temporal_d = (torch.compile(m) for m in (generator, spatial_d, temporal_d))
+        generator = torch.compile(generator)
+        discriminators = {name: torch.compile(d) for name, d in discriminators.items()}
+    # The G update calls the discriminators unwrapped: see generator_loss.
+    plain_discriminators = {name: unwrap(d) for name, d in discriminators.items()}
 
     # Every step uses d_steps real batches; batch n is a pure function of (seed, n).
     batches = make_loader(dataset, local_batch, start_batch=step * cfg.d_steps,
@@ -278,8 +355,7 @@ def main(argv=None) -> None:
     sample_labels = (torch.randint(num_classes, (cfg.num_samples,), generator=sample_gen).to(device)
                      if num_classes else None)
     evaluator = None
-    if cfg.eval_every and dist.is_main:
-        from metrics import TrainingEvaluator   # the two-sample test (+ FVD with --i3d)
+    if cfg.eval_every and dist.is_main:   # the two-sample test (+ FVD with --i3d)
         evaluator = TrainingEvaluator(base, cfg.eval_videos, device, cfg.i3d, seed=cfg.seed)
 
     def new_latents():
@@ -287,36 +363,27 @@ def main(argv=None) -> None:
         y = torch.randint(num_classes, (local_batch,), device=device) if num_classes else None
         return z, y
 
-    def d_scores(video, labels):
-        """Weighted scores of both discriminators: [(weight, D_S(x)), (weight, D_T(x))]."""
-        return [(cfg.spatial_weight, spatial_d(video, labels)),
-                (cfg.temporal_weight, temporal_d(video, labels))]
-
     def refresh_ema_statistics():
         # Batch-norm statistics measured with the EMA weights themselves (see
-        # training.standing_statistics), before every sample grid and checkpoint.
+        # training.standing_statistics), before every sample grid, evaluation and checkpoint.
         standing_statistics(ema_generator, lambda g: g(*new_latents()))
 
-    def save(step, refresh=True):
-        if refresh:
-            refresh_ema_statistics()
+    def save(step):
+        # ckpt.pt: everything needed to resume (training.checkpoint_state), written atomically.
         save_checkpoint(ckpt_path, checkpoint_state(cfg, 1, step, num_classes, models, optimizers))
 
     def write_sample_grid(step):
-        refresh_ema_statistics()
         with torch.no_grad():
             videos = ema_generator(sample_z, sample_labels).float().cpu()   # (N, 3, T, H, W)
         write_samples(out, step, video_grid(videos), fps=4)
 
-    def evaluate(step):
-        # Score the EMA generator with its standing statistics refreshed, and save
-        # exactly that model as ckpt_best.pt if it is the best so far (no second refresh).
-        refresh_ema_statistics()
-        return evaluator.evaluate_generator(ema_generator, out, step, lambda s: save(s, refresh=False))
-
-    chores = Chores(cfg, dist, out, step, "level 1", save, write_sample_grid,
-                    evaluate if evaluator is not None else None, unit="clips")
-    with chores:   # after every step: log, samples, checkpoints, Ctrl-C (see training.Chores)
+    # Rank 0 writes: the progress bar, log.jsonl (and TensorBoard), samples, checkpoints.
+    progress = tqdm(total=cfg.steps, initial=step, disable=not dist.is_main, desc="level 1",
+                    dynamic_ncols=True)
+    tensorboard = tensorboard_writer(cfg, out, dist)        # None without --tensorboard
+    clips_per_step = cfg.batch_size * (cfg.d_steps + 1)     # d_steps D batches + one G batch
+    logged_step, logged_time = step, time.time()
+    with StopRequest() as stop:     # Ctrl-C / SIGTERM: finish the step, save, exit with 130
         while step < cfg.steps:
             # All randomness of a step (noise, the frames D_S samples) is a function of
             # (seed, rank, step), so a resumed run continues exactly as a straight one.
@@ -331,26 +398,21 @@ def main(argv=None) -> None:
                 with autocast(device, amp_dtype):
                     with torch.no_grad():
                         fake = generator(z, fake_labels)
-                    real_scores = d_scores(real, labels)
-                    fake_scores = d_scores(fake, fake_labels)
-                    loss_d = sum(w * hinge_d_loss(r, f) for (w, r), (_, f) in zip(real_scores, fake_scores))
-                    d_stats = discriminator_stats(("spatial", "temporal"), [r for _, r in real_scores],
-                                                  [f for _, f in fake_scores])   # for the log
+                    loss_d, d_stats = discriminator_loss(discriminators, weights, real, fake,
+                                                         labels, fake_labels)
                 d_opt.zero_grad(set_to_none=True)
                 d_scaler.scale(loss_d).backward()
                 d_scaler.step(d_opt)
                 d_scaler.update()
 
             # ---- Generator: one update. L_G = -sum_D w_D * E_z[D(G(z))] ---------------
-            # The discriminators are frozen (no gradients for their weights) and called
-            # unwrapped, so DDP does not average gradients nobody will use.
+            # The discriminators are frozen: no gradients for their weights.
             for p in d_params:
                 p.requires_grad_(False)
             z, fake_labels = new_latents()
             with autocast(device, amp_dtype):
                 fake = generator(z, fake_labels)
-                loss_g = (cfg.spatial_weight * hinge_g_loss(unwrap(spatial_d)(fake, fake_labels))
-                          + cfg.temporal_weight * hinge_g_loss(unwrap(temporal_d)(fake, fake_labels)))
+                loss_g = generator_loss(plain_discriminators, weights, fake, fake_labels)
             g_opt.zero_grad(set_to_none=True)
             g_scaler.scale(loss_g).backward()
             g_scaler.step(g_opt)
@@ -361,10 +423,52 @@ def main(argv=None) -> None:
 
             # ---- EMA of G: copy during warm-up, then average. -------------------------
             update_ema(ema_generator, unwrap(generator), cfg.ema_decay if step >= cfg.ema_start else 0.0)
-            step += 1
-            # ---- Log, samples, FVD, checkpoint (rank 0), Ctrl-C: training.Chores. -----
-            chores.after_step(step, loss_d, loss_g, seen=cfg.batch_size * (cfg.d_steps + 1), stats=d_stats)
-    chores.finish(step)
+            step += 1                   # from here on, `step` counts completed steps
+            last = step == cfg.steps
+
+            # ---- Log, evaluate, samples, checkpoint: rank 0 only. ---------------------
+            if dist.is_main:
+                progress.update(1)
+                evaluate_now = evaluator is not None and step % cfg.eval_every == 0
+                if step % cfg.log_every == 0 or last or evaluate_now:
+                    seconds = max(time.time() - logged_time, 1e-9)
+                    steps_done, logged_step, logged_time = step - logged_step, step, time.time()
+                    record = {"step": step, "loss_d": loss_d.item(), "loss_g": loss_g.item(),
+                              "clips_per_s": steps_done * clips_per_step / seconds,
+                              # MFU: FLOPs done since the last line / seconds / peak FLOP/s
+                              "mfu": steps_done * flops_per_step / seconds / peak,
+                              **{name: value.item() for name, value in d_stats.items()}}
+                    if evaluate_now:
+                        # Score the EMA generator with fresh standing statistics; if it is the
+                        # best so far, `save` keeps exactly that model as ckpt_best.pt.
+                        refresh_ema_statistics()
+                        record.update(evaluator.evaluate_generator(ema_generator, out, step, save))
+                    log_line(out, record, progress, tensorboard, unit="clips")
+                if (cfg.sample_every and step % cfg.sample_every == 0) or last:
+                    refresh_ema_statistics()
+                    write_sample_grid(step)
+                if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or last:
+                    refresh_ema_statistics()
+                    save(step)
+
+            # ---- Ctrl-C: every rank stops after this same step; rank 0 saves it. ------
+            if stop.should_stop(device):
+                if dist.is_main:
+                    refresh_ema_statistics()
+                    save(step)           # `step` steps are complete: it resumes exactly
+                    progress.close()
+                    print(f"interrupted: saved {ckpt_path} at step {step}; "
+                          "run the same command to resume")
+                cleanup_distributed()
+                raise SystemExit(130)
+
+    progress.close()
+    if tensorboard is not None:
+        tensorboard.close()
+    if dist.is_main:
+        print(f"done: {ckpt_path} (step {step}), samples in {out / 'samples'}")
+        release_out_dir(out)
+    cleanup_distributed()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ is unrolled to ceil(frames / (tf_2 * tf_3 * ...)) frames (the result is trimmed)
 Windowed sampling. An upsampling level was trained on partial views: a crop of
 `crop_frames` output frames, seeing the matching `crop_frames / tf` condition
 frames plus `context` condition frames on each side. At sampling time it runs over
-the video in the same kind of window, one after another:
+the video in the same kind of window, one after another (`upsample`, which lives in
+upsample_level.py with the level it runs):
 
     padded = pad_condition(c, K)                       (N, 3, t + 2K, h, w)
     for j0 = 0, w, 2w, ...   (w = crop_frames / tf; the last window is clamped to t - w)
@@ -84,17 +85,20 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.utils import parametrize
 from tqdm import tqdm
 
 import level1
-import upsample_level
 from data import (PRESETS, LevelSpec, UserError, contact_sheet, level_spec, num_levels,
-                  pad_condition, probe_video, to_uint8, video_grid, write_image, write_video)
+                  probe_video, to_uint8, video_grid, write_image, write_video)
 from data import _player_friendly   # the size data.write_video gives small videos
 import flags
-from training import (build_parser, hold_out_dir, load_checkpoint, load_state, option,
+from training import (build_parser, hold_out_dir, load_checkpoint, option,
                       release_out_dir, resolve_device, run_main)
+# Running one upsampling level over a whole video in windows, and loading a trained
+# level's frozen EMA generator, belong to the level itself (upsample_level.py uses
+# them for --cond-from); sample.py chains them. (sample.upsample, sample.freeze and
+# sample.window_starts are these same functions: bench.py and the tests use them.)
+from upsample_level import freeze, load_ema_generator, trained_spec, upsample, window_starts  # noqa: F401
 
 
 # ----------------------------------------------------------------------------------
@@ -313,16 +317,6 @@ def _load_states(runs, ckpts, preset, levels, first=1):
     return preset, levels, states
 
 
-def _trained_spec(preset: str, state: dict) -> LevelSpec:
-    """The preset's LevelSpec with the crop and context this level was trained with
-    (an upsampling level's config may override them; None means the preset's)."""
-    spec = level_spec(preset, state["level"])
-    config = state["config"]
-    crop = config.get("crop_frames") or spec.crop_frames
-    context = spec.context if config.get("context") is None else config["context"]
-    return dataclasses.replace(spec, crop_frames=crop, context=context)
-
-
 def _check_links(preset: str, specs: list[LevelSpec], generators: list[nn.Module], paths) -> None:
     """Each level's input must be the previous level's output: the same number of
     frames over the same time span (frame rate) and the same size."""
@@ -353,22 +347,6 @@ def _check_links(preset: str, specs: list[LevelSpec], generators: list[nn.Module
                 f"frames at {coarse.size}x{coarse.size}. Fix the preset in data.PRESETS.")
 
 
-def freeze(generator: nn.Module) -> nn.Module:
-    """Eval mode, no gradients, and spectral norm baked into the weights.
-
-    eval(): batch norm uses its running statistics, so a video does not depend on
-    the others in its batch, and spectral norm stops its power iteration. With the
-    estimate fixed, W / sigma is the same at every call: compute it once
-    (leave_parametrized=True keeps the normalised weight) instead of per forward.
-    """
-    generator.eval().requires_grad_(False)
-    for module in generator.modules():
-        if parametrize.is_parametrized(module):
-            for name in list(module.parametrizations):
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-    return generator
-
-
 def load_chain(runs=None, ckpts=None, preset: str | None = None, device="cpu",
                levels: int | None = None, first: int = 1) -> Chain:
     """Load the EMA generators of levels 1..L and check they fit together.
@@ -386,11 +364,9 @@ def load_chain(runs=None, ckpts=None, preset: str | None = None, device="cpu",
     specs, generators, num_classes = [], [], 0
     for path, state in states:
         level = state["level"]
-        build = level1.build_generator if level == 1 else upsample_level.build_generator
-        generator = build(state["config"], state["num_classes"])
-        load_state(generator, state["models"]["ema_generator"], "EMA generator", path)
-        generators.append(freeze(generator).to(device))
-        specs.append(_trained_spec(preset, state))
+        generator = load_ema_generator(state, path)           # frozen: see upsample_level.freeze
+        generators.append(generator.to(device))
+        specs.append(trained_spec(preset, state))
         classes = generator.num_classes
         if classes and num_classes and classes != num_classes:
             raise UserError(f"level {level} ({path}) has {classes} classes but an earlier level "
@@ -400,62 +376,6 @@ def load_chain(runs=None, ckpts=None, preset: str | None = None, device="cpu",
     _check_links(preset, specs, generators, paths)
     return Chain(preset, specs, generators, paths, [s["step"] for _, s in states],
                  num_classes, device)
-
-
-# ----------------------------------------------------------------------------------
-# Running one upsampling level: windowed or whole.
-# ----------------------------------------------------------------------------------
-
-def window_starts(frames: int, window: int) -> list[int]:
-    """First condition frame of each window: 0, w, 2w, ..., and a last one clamped to
-    frames - w when w does not divide the length (it overlaps its neighbour, whose
-    frames are kept: the clamped window only adds the frames after it)."""
-    window = min(window, frames)
-    starts = list(range(0, frames - window + 1, window))
-    if starts[-1] + window < frames:
-        starts.append(frames - window)
-    return starts
-
-
-def upsample(generator: nn.Module, condition: torch.Tensor, z: torch.Tensor,
-             labels: torch.Tensor | None = None, context: int = 0, window: int | None = None,
-             on_window=None) -> torch.Tensor:
-    """Run an upsampling level over a whole condition video.
-
-    condition (B, 3, t, h, w) -> (B, 3, t*tf, h*sf, w*sf), on the condition's device
-    (the host, in `generate`). window=None: one call on the whole padded video.
-    window=w: calls on windows of w condition frames plus `context` frames each side;
-    only the window is moved to the generator's device, so the memory there is the
-    same for any t. With context >= the generator's temporal receptive field both
-    give the same video (see the module docstring).
-    on_window() is called after every generator call (the progress bar).
-    """
-    device, host = z.device, condition.device
-    tf, sf = generator.time_factor, generator.space_factor
-    b, c, t, h, w = condition.shape
-    padded = pad_condition(condition, context)                   # (B, 3, t + 2K, h, w)
-    if window is None:
-        out = generator(padded.to(device), z, labels, context=context).float().to(host)
-        if on_window:
-            on_window()
-        return out                                               # (B, 3, t*tf, H, W)
-    window = min(window, t)
-    out = torch.empty(b, c, t * tf, h * sf, w * sf, device=host)  # the whole video
-    done = 0                                                     # condition frames with output
-    for j0 in window_starts(t, window):
-        # Padded frames j0 .. j0 + w + 2K are condition frames j0 - K .. j0 + w + K:
-        # the window and its context (edge frames replicated past the ends).
-        # (contiguous: a time slice is a strided view, and CPU convolutions on strided
-        # inputs take a path several times slower.)
-        piece = padded[:, :, j0:j0 + window + 2 * context].to(device).contiguous()
-        result = generator(piece, z, labels, context=context).float().to(host)   # (B, 3, w*tf, H, W)
-        # Only the frames after `done`: a clamped last window leaves its neighbour's
-        # frames as they are (upsample_chunks, which streams, can do the same).
-        out[:, :, done * tf:(j0 + window) * tf] = result[:, :, (done - j0) * tf:]
-        done = j0 + window
-        if on_window:
-            on_window()
-    return out
 
 
 # ----------------------------------------------------------------------------------

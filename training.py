@@ -11,13 +11,16 @@ here, in the order a training script uses it:
     dist = setup_distributed(cfg.device)           # torchrun env vars -> rank, device
     prepare_out_dir(out)                           # the run folder, held by this run (flock)
     ckpt = load_checkpoint(path, level=1, ...)     # weights_only=True, checked
-    ...loop...
-    update_ema(ema_g, g, decay)                    # exponential moving average of G
-    save_checkpoint(path, state)                   # atomic: tmp file + fsync + rename
-    append_jsonl(log_path, {...})                  # one JSON object per logged step
-    write_samples(out, step, videos)               # samples/step_000100.mp4 and .gif
+    flops = count_flops(lambda: ...)               # FLOPs of one step, for MFU in the log
+    with StopRequest() as stop:                    # Ctrl-C: stop at the next step boundary
+        ...loop...
+        update_ema(ema_g, g, decay)                # exponential moving average of G
+        log_line(out, {...}, progress)             # log.jsonl (+ TensorBoard), progress bar
+        write_samples(out, step, videos)           # samples/step_000100.mp4 and .gif
+        save_checkpoint(path, state)               # atomic: tmp file + fsync + rename
 
-Nothing here knows about a particular level; the level scripts own their models.
+Nothing here knows about a particular level; the level scripts own their models and
+their loop: what happens between two steps is written out there, not here.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import functools
 import json
 import math
 import os
@@ -42,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as torch_dist
+from torch.utils.flop_counter import FlopCounterMode
 
 import flags
 from data import UserError, level_spec, write_video
@@ -342,90 +347,6 @@ class StopRequest:
         return False
 
 
-class Chores:
-    """Everything a training loop does between steps, in one place for both levels.
-
-    After each step, `after_step` does, on rank 0: the progress bar, a log.jsonl
-    line every `log_every` steps (loss_d, loss_g, each discriminator's loss and
-    scores, throughput, FVD when an evaluator is given), the sample grid every
-    `sample_every` steps, the checkpoint every `ckpt_every` steps (and at the last
-    step); and on every rank it ends the run cleanly after a Ctrl-C (see
-    StopRequest), saving the step just finished.
-    Use it as a context manager around the loop, then call `finish(step)`.
-    """
-
-    def __init__(self, cfg, dist: Distributed, out: Path, step: int, desc: str, save,
-                 write_sample_grid, evaluate=None, unit: str = "clips"):
-        from tqdm import tqdm
-
-        self.cfg, self.dist, self.out, self.unit = cfg, dist, out, unit
-        self.save, self.write_sample_grid, self.evaluate = save, write_sample_grid, evaluate
-        # Optional live TensorBoard scalars (rank 0): the same numbers as log.jsonl.
-        self.tensorboard = None
-        if cfg.tensorboard and dist.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tensorboard = SummaryWriter(out / "tensorboard")
-        self.progress = tqdm(total=cfg.steps, initial=step, disable=not dist.is_main,
-                             desc=desc, dynamic_ncols=True)
-        self.stop = StopRequest()
-        self.seen, self.tick = 0, time.time()
-
-    def __enter__(self):
-        self.stop.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.stop.__exit__(*exc)
-
-    def after_step(self, step: int, loss_d: torch.Tensor, loss_g: torch.Tensor, seen: int,
-                   stats: dict | None = None) -> None:
-        """`step` counts completed steps; `seen`: examples this step used (all ranks);
-        `stats`: more numbers for the log line, {name: scalar tensor} (each
-        discriminator's loss and scores: discriminators.discriminator_stats)."""
-        cfg, last = self.cfg, step == self.cfg.steps
-        self.seen += seen
-        if self.dist.is_main:
-            self.progress.update(1)
-            evaluate_now = self.evaluate is not None and step % cfg.eval_every == 0
-            if step % cfg.log_every == 0 or last or evaluate_now:
-                elapsed, self.tick = time.time() - self.tick, time.time()
-                record = {"step": step, "loss_d": loss_d.item(), "loss_g": loss_g.item(),
-                          f"{self.unit}_per_s": self.seen / max(elapsed, 1e-9)}
-                record.update({name: value.item() for name, value in (stats or {}).items()})
-                self.seen = 0
-                if evaluate_now:   # two-sample test (and FVD) of the EMA generator: metrics.TrainingEvaluator
-                    record.update(self.evaluate(step))
-                append_jsonl(self.out / "log.jsonl", record)
-                if self.tensorboard is not None:
-                    for key, value in record.items():
-                        if key != "step" and isinstance(value, (int, float)):
-                            self.tensorboard.add_scalar(key, value, step)
-                self.progress.set_postfix(loss_d=f"{record['loss_d']:.3f}", loss_g=f"{record['loss_g']:.3f}",
-                                          **{f"{self.unit}_s": f"{record[f'{self.unit}_per_s']:.1f}"})
-            if (cfg.sample_every and step % cfg.sample_every == 0) or last:
-                self.write_sample_grid(step)
-            if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or last:
-                self.save(step)
-        if self.stop.should_stop(self.dist.device):
-            # `step` counts completed steps only, so this checkpoint resumes exactly.
-            if self.dist.is_main:
-                self.save(step)
-                self.progress.close()
-                print(f"interrupted: saved {self.out / 'ckpt.pt'} at step {step}; "
-                      "run the same command to resume")
-            cleanup_distributed()
-            raise SystemExit(130)
-
-    def finish(self, step: int) -> None:
-        self.progress.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-        if self.dist.is_main:
-            print(f"done: {self.out / 'ckpt.pt'} (step {step}), samples in {self.out / 'samples'}")
-            release_out_dir(self.out)
-        cleanup_distributed()
-
-
 def wrap_ddp(module: torch.nn.Module, device: torch.device,
              sync_batch_norm: bool = False) -> torch.nn.Module:
     """DistributedDataParallel around `module`: gradients averaged across ranks.
@@ -548,6 +469,62 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain module under DDP and/or torch.compile wrappers."""
     model = getattr(model, "module", model)     # DistributedDataParallel
     return getattr(model, "_orig_mod", model)   # torch.compile
+
+
+# ----------------------------------------------------------------------------------
+# Model FLOPs utilisation (MFU): the log line's measure of how well the step uses the chip.
+# ----------------------------------------------------------------------------------
+#
+#   MFU = (FLOPs of one training step x steps per second) / peak FLOP/s of the device
+#
+# The FLOPs of a step are counted once, at start-up, by torch.utils.flop_counter
+# (every matmul and convolution, forward and backward; elementwise work is not
+# counted, as in the MFU of nanoGPT and PaLM). The peak is *measured*, not read from a
+# datasheet: the FLOP/s of a large square matmul in the step's precision, the
+# friendliest workload the device has (bench.py measures it longer and prints both).
+
+def count_flops(run) -> int:
+    """FLOPs of the matmuls and convolutions that run() performs (forward and backward)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        run()
+    return counter.get_total_flops()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU to finish its queued work (timings); nothing to do on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, seconds: float = 0.3,
+                rounds: int = 5) -> float:
+    """FLOP/s of an (n x n) @ (n x n) matmul: 2 n^3 FLOPs, the best of `rounds` rounds
+    of at least `seconds` each (and at least 2 matmuls). The reference for MFU."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b                                              # warm-up (cuBLAS / oneDNN set-up)
+    best = math.inf
+    for _ in range(rounds):
+        synchronize(device)
+        start = time.perf_counter()
+        repeats = 0
+        while time.perf_counter() - start < seconds or repeats < 2:
+            a @ b
+            repeats += 1
+        synchronize(device)
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return 2 * n**3 / best
+
+
+@functools.lru_cache(maxsize=None)
+def peak_flops(device: torch.device, dtype: torch.dtype | None) -> float:
+    """A cheap start-up estimate of the device's peak FLOP/s in the training precision
+    (dtype: the autocast dtype, None for float32): matmul_peak with 3 short rounds,
+    about 0.1 s (n = 8192 on a GPU, 512 on a CPU, where a shared machine makes it
+    noisy). Measured once per process."""
+    n = 8192 if device.type == "cuda" else 512
+    return matmul_peak(device, dtype or torch.float32, n, seconds=0.02, rounds=3)
 
 
 # ----------------------------------------------------------------------------------
@@ -801,6 +778,29 @@ def append_jsonl(path: str | Path, record: dict) -> None:
             f"could not write {path}: {error.strerror or error}; the run stopped at step "
             f"{record.get('step')} and its last checkpoint is intact. Free disk space (or "
             "choose another --out) and resume.") from None
+
+
+def tensorboard_writer(cfg, out: Path, dist: Distributed):
+    """--tensorboard: a SummaryWriter into <out>/tensorboard on rank 0, else None.
+    (The package is optional: TrainConfig.check already refused the flag without it.)"""
+    if not (cfg.tensorboard and dist.is_main):
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(out / "tensorboard")
+
+
+def log_line(out: Path, record: dict, progress, tensorboard=None, unit: str = "clips") -> None:
+    """Write one log row (rank 0): a line of <out>/log.jsonl, the same numbers as
+    TensorBoard scalars (with --tensorboard), and the losses, <unit>/s and MFU in
+    the progress bar."""
+    append_jsonl(out / "log.jsonl", record)
+    if tensorboard is not None:
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                tensorboard.add_scalar(key, value, record["step"])
+    progress.set_postfix(loss_d=f"{record['loss_d']:.3f}", loss_g=f"{record['loss_g']:.3f}",
+                         **{f"{unit}_s": f"{record[f'{unit}_per_s']:.1f}"},
+                         mfu=f"{100 * record['mfu']:.1f}%")
 
 
 def unused_path(path: Path) -> Path:

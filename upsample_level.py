@@ -15,8 +15,8 @@ faithful to c while adding the detail c lacks:
 Training never sees the whole video: each example is a *partial view*, a crop of
 `crop_frames` output frames plus the matching condition frames with `context`
 extra frames on each side (data.level_example). The level's cost is therefore
-fixed however long the videos are. At sampling time (`sample.py`) it is run over
-the whole video in windows of the same shape.
+fixed however long the videos are. At sampling time it is run over the whole
+video in windows of the same shape (`upsample` below; sample.py chains the levels).
 
 Three discriminators judge the output: spatial D_S and temporal D_T (as in level
 1) on the output crop, and the matching discriminator D_M on (condition, output)
@@ -32,26 +32,33 @@ pairs, which keeps the output grounded to its input.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
+from tqdm import tqdm
 
-from data import (LevelDataset, UserError, down, level_spec, make_dataset, make_loader,
+from data import (LevelDataset, LevelSpec, UserError, down, level_spec, make_dataset, make_loader,
                   num_levels, pad_condition, video_grid)
 from discriminators import (MatchingDiscriminator, SpatialDiscriminator, TemporalDiscriminator,
                             discriminator_stats, hinge_d_loss, hinge_g_loss, orthogonal_init,
                             sn_conv2d, sn_conv3d)
+import level1
 from level1 import ConditionalBatchNorm, Level1Generator, UpBlock
-from training import (autocast, check_architecture, check_finite, checkpoint_state, Chores,
-                      load_checkpoint, make_grad_scaler, option, parse_config,
-                      per_rank_batch, prepare_out_dir, resolve_amp, restore_checkpoint,
-                      run_main, save_checkpoint, seed_everything,
-                      set_aside_previous_checkpoint, setup_distributed,
-                      standing_statistics, step_seed, TrainConfig, unwrap, update_ema,
+from metrics import TrainingEvaluator   # --eval-every: the two-sample test (+ FVD)
+from training import (StopRequest, TrainConfig, autocast, check_architecture, check_finite,
+                      checkpoint_state, cleanup_distributed, count_flops, load_checkpoint,
+                      load_state, log_line, make_grad_scaler, option, parse_config, peak_flops,
+                      per_rank_batch, prepare_out_dir, release_out_dir, resolve_amp,
+                      restore_checkpoint, run_main, save_checkpoint, seed_everything,
+                      set_aside_previous_checkpoint, setup_distributed, standing_statistics,
+                      step_seed, tensorboard_writer, training_command, unwrap, update_ema,
                       wrap_ddp, write_samples)
 
 
@@ -80,9 +87,11 @@ class UpsampleConfig(TrainConfig):
     cond_bank: int = option(64, "previous-level videos sampled once for --cond-from", "[1, inf)")
     # The matching discriminator.
     matching: bool = option(True, "use the matching discriminator D_M (--no-matching: ablation)")
+    # Pooled by 2, the output is the spatial part of down(output): the pair still holds
+    # the condition next to what the output gives back (discriminators.py, D_M's comment).
     matching_pool: bool = option(True, "D_M sees the (condition, output) pair 2x average-pooled in "
-                                       "space (cheaper; --no-matching-pool: full resolution, which "
-                                       "sees output-pixel mismatches)")
+                                       "space: 4x cheaper, and within noise of full resolution "
+                                       "(docs/quality.md; --no-matching-pool: full resolution)")
     temporal_pool: bool = option(True, "D_T sees the output crop 2x average-pooled in space, as "
                                        "level 1's (cheaper; --no-temporal-pool: full resolution, "
                                        "where a one-pixel move and a cross-fade differ)")
@@ -207,9 +216,11 @@ class UpsampleGenerator(nn.Module):
     gives: the property windowed sampling relies on (tested in tests/).
     Noise: z enters every block through conditional batch norm (BigGAN); there is
     no per-pixel noise, so every window of one video uses the same z and agrees.
+    The defaults of z_dim, ch, encoder_blocks and padding_mode are the command
+    line's (--z-dim, --g-ch, --encoder-blocks, --padding).
     """
 
-    def __init__(self, time_factor: int, space_factor: int, z_dim: int = 64, ch: int = 32,
+    def __init__(self, time_factor: int, space_factor: int, z_dim: int = 64, ch: int = 16,
                  encoder_blocks: int = 1, num_classes: int = 0, padding_mode: str = "zeros"):
         super().__init__()
         self.time_factor, self.space_factor = time_factor, space_factor
@@ -285,6 +296,105 @@ def build_generator(config: dict, num_classes: int) -> UpsampleGenerator:
                              config.get("padding", "zeros"))
 
 
+# ----------------------------------------------------------------------------------
+# Sampling with a trained level: the whole video in windows of the training shape.
+# sample.py chains these over all levels; --cond-from (below) runs them for the
+# trained levels under this one.
+# ----------------------------------------------------------------------------------
+
+def window_starts(frames: int, window: int) -> list[int]:
+    """First condition frame of each window: 0, w, 2w, ..., and a last one clamped to
+    frames - w when w does not divide the length (it overlaps its neighbour, whose
+    frames are kept: the clamped window only adds the frames after it)."""
+    window = min(window, frames)
+    starts = list(range(0, frames - window + 1, window))
+    if starts[-1] + window < frames:
+        starts.append(frames - window)
+    return starts
+
+
+def upsample(generator: nn.Module, condition: torch.Tensor, z: torch.Tensor,
+             labels: torch.Tensor | None = None, context: int = 0, window: int | None = None,
+             on_window=None) -> torch.Tensor:
+    """Run an upsampling level over a whole condition video.
+
+    condition (B, 3, t, h, w) -> (B, 3, t*tf, h*sf, w*sf), on the condition's device
+    (the host, in `generate`). window=None: one call on the whole padded video.
+    window=w: calls on windows of w condition frames plus `context` frames each side;
+    only the window is moved to the generator's device, so the memory there is the
+    same for any t. With context >= the generator's temporal receptive field R both
+    give the same video (see UpsampleGenerator: every window then sees all the
+    condition frames its output depends on; tests/test_sample.py checks it).
+    on_window() is called after every generator call (the progress bar).
+    """
+    device, host = z.device, condition.device
+    tf, sf = generator.time_factor, generator.space_factor
+    b, c, t, h, w = condition.shape
+    padded = pad_condition(condition, context)                   # (B, 3, t + 2K, h, w)
+    if window is None:
+        out = generator(padded.to(device), z, labels, context=context).float().to(host)
+        if on_window:
+            on_window()
+        return out                                               # (B, 3, t*tf, H, W)
+    window = min(window, t)
+    out = torch.empty(b, c, t * tf, h * sf, w * sf, device=host)  # the whole video
+    done = 0                                                     # condition frames with output
+    for j0 in window_starts(t, window):
+        # Padded frames j0 .. j0 + w + 2K are condition frames j0 - K .. j0 + w + K:
+        # the window and its context (edge frames replicated past the ends).
+        # (contiguous: a time slice is a strided view, and CPU convolutions on strided
+        # inputs take a path several times slower.)
+        piece = padded[:, :, j0:j0 + window + 2 * context].to(device).contiguous()
+        result = generator(piece, z, labels, context=context).float().to(host)   # (B, 3, w*tf, H, W)
+        # Only the frames after `done`: a clamped last window leaves its neighbour's
+        # frames as they are (upsample_chunks, which streams, can do the same).
+        out[:, :, done * tf:(j0 + window) * tf] = result[:, :, (done - j0) * tf:]
+        done = j0 + window
+        if on_window:
+            on_window()
+    return out
+
+
+def freeze(generator: nn.Module) -> nn.Module:
+    """Eval mode, no gradients, and spectral norm baked into the weights.
+
+    eval(): batch norm uses its running statistics, so a video does not depend on
+    the others in its batch, and spectral norm stops its power iteration. With the
+    estimate fixed, W / sigma is the same at every call: compute it once
+    (leave_parametrized=True keeps the normalised weight) instead of per forward.
+    """
+    generator.eval().requires_grad_(False)
+    for module in generator.modules():
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return generator
+
+
+def trained_spec(preset: str, state: dict) -> LevelSpec:
+    """The preset's LevelSpec with the crop and context this level was trained with
+    (an upsampling level's config may override them; None means the preset's)."""
+    spec = level_spec(preset, state["level"])
+    config = state["config"]
+    crop = config.get("crop_frames") or spec.crop_frames
+    context = spec.context if config.get("context") is None else config["context"]
+    return dataclasses.replace(spec, crop_frames=crop, context=context)
+
+
+def load_ema_generator(state: dict, path) -> nn.Module:
+    """A checkpoint's EMA generator (the one every sample comes from), rebuilt from the
+    config the checkpoint stores and frozen (see `freeze`): level 1's or an upsampling
+    level's, as the checkpoint says. state: what training.load_checkpoint returns."""
+    build = level1.build_generator if state["level"] == 1 else build_generator
+    generator = build(state["config"], state["num_classes"])
+    load_state(generator, state["models"]["ema_generator"], "EMA generator", path)
+    return freeze(generator)
+
+
+# ----------------------------------------------------------------------------------
+# Partial views, and --cond-from's bank of previous-level samples.
+# ----------------------------------------------------------------------------------
+
 def crop_settings(cfg: UpsampleConfig):
     """The level's spec and its partial view (crop frames, context, crop size), checked."""
     if cfg.level < 2:
@@ -315,6 +425,7 @@ def crop_settings(cfg: UpsampleConfig):
     return spec, crop, context, crop_size
 
 
+@torch.no_grad()
 def previous_level_bank(cfg: UpsampleConfig, context: int, device) -> torch.Tensor:
     """--cond-from: a bank of level-(l-1) videos *generated* by the trained levels
     below, edge-padded by the context: (M, 3, T_{l-1} + 2K, h, w) on the host.
@@ -323,18 +434,47 @@ def previous_level_bank(cfg: UpsampleConfig, context: int, device) -> torch.Tens
     the condition is the previous level's output, with its own flaws. Conditioning
     part of the batch on real samples of that level lets this one learn to cope.
     The bank is sampled once (the previous levels are frozen), with the EMA
-    generators, as sample.py does.
+    generators, the way sample.py chains them: level 1 from noise, then each
+    upsampling level over the whole video in the windows it was trained on
+    (`upsample`). Its noise is drawn from one generator seeded with --seed + 1
+    (sample.py gives each video its own stream instead; the bank needs no more).
+    Levels 1 .. l-2 are read from level1/, level2/, ... next to the --cond-from folder.
     """
-    import sample   # imported here: sample.py imports this file
     below = Path(cfg.cond_from)
-    ckpts = [below.parent / f"level{level}" / "ckpt.pt" for level in range(1, cfg.level - 1)]
-    chain = sample.load_chain(ckpts=ckpts + [below / "ckpt.pt"], preset=cfg.preset, device=device,
-                              levels=cfg.level - 1)
-    if chain.specs[-1].level != cfg.level - 1:
-        raise UserError(f"--cond-from {below}: holds level {chain.specs[-1].level}, but level "
-                        f"{cfg.level} needs samples of level {cfg.level - 1}")
-    videos = sample.generate(chain, cfg.cond_bank, seed=cfg.seed + 1)
-    return pad_condition(videos, context)
+    paths = [below.parent / f"level{level}" / "ckpt.pt" for level in range(1, cfg.level - 1)]
+    paths.append(below / "ckpt.pt")                    # level l-1: the --cond-from folder
+    generators, specs = [], []
+    for level, path in enumerate(paths, start=1):
+        if not path.is_file():
+            raise UserError(
+                f"--cond-from {below}: level {level} is missing from the chain below level "
+                f"{cfg.level}: {path} does not exist (levels 1 .. {cfg.level - 2} are read from "
+                f"level1/, level2/, ... next to the --cond-from folder). Train it with "
+                f"`{training_command(level)} --preset {cfg.preset} --out {path.parent}`.")
+        state = load_checkpoint(path, preset=cfg.preset)
+        if state["level"] != level:
+            raise UserError(
+                f"--cond-from {below}: {path} holds level {state['level']}, but level {level} is "
+                f"expected there: level {level} is missing from the chain below level "
+                f"{cfg.level}, which trains on samples of level {cfg.level - 1}. Pass the run "
+                f"folder of level {cfg.level - 1} (e.g. {below.parent / f'level{cfg.level - 1}'}).")
+        generators.append(load_ema_generator(state, path).to(device))
+        specs.append(trained_spec(cfg.preset, state))
+    noise = torch.Generator().manual_seed(cfg.seed + 1)
+    videos = []
+    for start in range(0, cfg.cond_bank, 8):            # 8 videos at a time, as sample.py
+        n = min(8, cfg.cond_bank - start)
+        # Lower levels trained with --class-conditional need a class: a random one.
+        labels = (torch.randint(generators[0].num_classes, (n,), generator=noise).to(device)
+                  if generators[0].num_classes else None)
+        video = generators[0](generators[0].sample_latent(n, generator=noise), labels)
+        video = video.float().cpu()                                   # (n, 3, T_1, S_1, S_1)
+        for g, spec in zip(generators[1:], specs[1:]):
+            video = upsample(g, video, g.sample_latent(n, generator=noise),
+                             labels if g.num_classes else None, context=spec.context,
+                             window=spec.crop_frames // spec.time_factor)  # (n, 3, T_l, S_l, S_l)
+        videos.append(video)
+    return pad_condition(torch.cat(videos), context)
 
 
 def bank_crops(bank: torch.Tensor, count: int, frames: int, size: int, space_factor: int) -> torch.Tensor:
@@ -371,8 +511,98 @@ def detail(video: torch.Tensor) -> float:
 
 
 def matching_condition(condition: torch.Tensor, context: int) -> torch.Tensor:
-    """The condition frames that the output crop covers: the window minus its context."""
+    """The condition frames that the output crop covers: the window minus its context.
+    (B, 3, crop/tf + 2K, h, w) -> (B, 3, crop/tf, h, w)"""
     return condition[:, :, context:condition.shape[2] - context]
+
+
+# ----------------------------------------------------------------------------------
+# The losses: level 1's three functions (level1.py), with the matching discriminator.
+# ----------------------------------------------------------------------------------
+
+def matching_pair(condition: torch.Tensor, video: torch.Tensor, labels, context: int,
+                  generated: int = 0):
+    """What D_M scores for a batch of output crops: (c, x, labels), where c is the
+    condition frames each crop covers (its window without the context).
+
+    The real pair is matching_pair(condition, real) and the fake pair
+    matching_pair(condition, G(condition, z)): both carry the SAME condition, so
+    the only thing that tells them apart is whether the video agrees with it.
+    generated: with --cond-from, the last `generated` examples of G's batch were
+    conditioned on previous-level samples, not on `condition`; D_M judges only the
+    first B - generated, whose condition is real (it must learn agreement, not how
+    to spot a generated condition).
+    condition (B, 3, crop/tf + 2K, h, w), video (B, 3, crop, H, W)
+      -> (n, 3, crop/tf, h, w), (n, 3, crop, H, W), (n,) or None;  n = B - generated
+    """
+    n = video.shape[0] - generated
+    return (matching_condition(condition[:n], context), video[:n],
+            labels[:n] if labels is not None else None)
+
+
+def discriminator_scores(discriminators: dict, condition, video, labels, context: int,
+                         generated: int = 0) -> dict:
+    """Each discriminator's scores of a batch of output crops: D_S(x) and D_T(x), (B,),
+    as at level 1; and, when the level has one, D_M(c, x) on `matching_pair`, (n,)."""
+    scores = {"spatial": discriminators["spatial"](video, labels),
+              "temporal": discriminators["temporal"](video, labels)}
+    if "matching" in discriminators:
+        scores["matching"] = discriminators["matching"](
+            *matching_pair(condition, video, labels, context, generated))
+    return scores
+
+
+def discriminator_loss(discriminators: dict, weights: dict, condition, real, fake, labels,
+                       context: int, generated: int = 0):
+    """The discriminators' hinge loss, weighted, and the numbers the log shows of it:
+
+        L_D = sum_D w_D * ( E[relu(1 - D(real))] + E[relu(1 + D(fake))] ),  D in {D_S, D_T, D_M}
+
+    with D_M's real and fake inputs the pairs (c, x) and (c, G(c', z)) of
+    `matching_pair`. real, fake (B, 3, crop, H, W); fake computed without gradients.
+    -> (L_D, {d_<name>_loss, d_<name>_real, d_<name>_fake: scalars}).
+    """
+    real_scores = discriminator_scores(discriminators, condition, real, labels, context, generated)
+    fake_scores = discriminator_scores(discriminators, condition, fake, labels, context, generated)
+    loss = sum(weights[name] * hinge_d_loss(real_scores[name], fake_scores[name]) for name in real_scores)
+    return loss, discriminator_stats(real_scores, real_scores.values(), fake_scores.values())
+
+
+def generator_loss(discriminators: dict, weights: dict, condition, fake, labels, context: int,
+                   generated: int = 0) -> torch.Tensor:
+    """The generator's hinge loss:
+
+        L_G = -sum_D w_D * E[D(fake)],  D in {D_S, D_T, D_M},  D_M(fake) = D_M(c, G(c, z))
+
+    The matching term rewards G only for outputs that D_M accepts as the
+    high-resolution version of *their own* condition, so G cannot ignore its input
+    and still fool D_M. fake = G(condition, z) with gradients; the discriminators
+    are frozen and unwrapped (as at level 1: level1.generator_loss).
+    """
+    fake_scores = discriminator_scores(discriminators, condition, fake, labels, context, generated)
+    return sum(weights[name] * hinge_g_loss(scores) for name, scores in fake_scores.items())
+
+
+def step_flops(generator, discriminators: dict, condition, real, labels,
+               context: int, d_steps: int, generated: int = 0) -> int:
+    """FLOPs of one training step (training.count_flops): d_steps D updates and one G
+    update, forward and backward, on a batch of partial views of these shapes; the
+    scores' sum stands in for the hinge losses, and the models are copies (see
+    level1.step_flops)."""
+    generator, discriminators = copy.deepcopy(generator), copy.deepcopy(discriminators)
+    z = torch.randn(real.shape[0], generator.z_dim, device=real.device)
+
+    def scores(video):
+        return discriminator_scores(discriminators, condition, video, labels, context, generated).values()
+
+    def one_step():
+        for _ in range(d_steps):                # D: scores of real and of G(c, z) (no grad for G)
+            with torch.no_grad():
+                fake = generator(condition, z, labels, context=context)
+            sum(s.sum() for s in [*scores(real), *scores(fake)]).backward()
+        sum(s.sum() for s in scores(generator(condition, z, labels, context=context))).backward()   # G
+
+    return count_flops(one_step)
 
 
 # ----------------------------------------------------------------------------------
@@ -431,6 +661,23 @@ def main(argv=None) -> None:
         step = restore_checkpoint(ckpt, models, optimizers, ckpt_path)
         if dist.is_main:
             print(f"resumed from {ckpt_path} at step {step}")
+    # --cond-from: the last `generated` of G's conditions in a batch are previous-level samples.
+    generated = local_batch // 2 if cfg.cond_from else 0
+
+    # A fixed batch of real training crops (far from the positions training uses),
+    # for the EMA generator's batch-norm statistics: fixed, so a resumed run computes
+    # exactly the statistics an uninterrupted one does.
+    stats_batch = torch.utils.data.default_collate(
+        [dataset[2**62 + i] for i in range(local_batch)])
+    stats_condition = stats_batch["condition"].to(device)
+    stats_labels = stats_batch["label"].to(device) if num_classes else None
+    # MFU in the log line: the FLOPs of one step (counted once, on copies of the plain
+    # models, with batches of the training shapes) and the device's peak FLOP/s.
+    if dist.is_main:
+        flops_per_step = step_flops(generator, discriminators, stats_condition,
+                                    stats_batch["target"].to(device), stats_labels, context,
+                                    cfg.d_steps, generated)
+        peak = peak_flops(device, amp_dtype)
 
     if dist.world_size > 1:   # several GPUs: see level1.py and training.wrap_ddp
         generator = wrap_ddp(generator, device, sync_batch_norm=True)
@@ -439,6 +686,8 @@ def main(argv=None) -> None:
     if cfg.compile:
         generator = torch.compile(generator)
         discriminators = {name: torch.compile(d) for name, d in discriminators.items()}
+    # The G update calls the discriminators unwrapped: see level1.generator_loss.
+    plain_discriminators = {name: unwrap(d) for name, d in discriminators.items()}
 
     batches = make_loader(dataset, local_batch, start_batch=step * cfg.d_steps,
                           num_workers=cfg.num_workers, rank=dist.rank, world_size=dist.world_size)
@@ -450,11 +699,9 @@ def main(argv=None) -> None:
     sample_condition = down(sample_real, spec.time_factor, spec.space_factor)   # (N, 3, T/tf, h, w)
     sample_z = unwrap(generator).sample_latent(cfg.num_samples, generator=sample_gen)
     evaluator = None
-    if cfg.eval_every and dist.is_main:
-        from metrics import TrainingEvaluator   # the two-sample test (+ FVD with --i3d)
+    if cfg.eval_every and dist.is_main:   # the two-sample test (+ FVD with --i3d)
         evaluator = TrainingEvaluator(base, cfg.eval_videos, device, cfg.i3d, seed=cfg.seed)
     bank = previous_level_bank(cfg, context, device) if cfg.cond_from else None
-    generated = local_batch // 2 if bank is not None else 0     # how many G inputs come from the bank
 
     def generator_conditions(condition):
         """G's conditions: the real ones, or with --cond-from the last `generated` of
@@ -465,32 +712,6 @@ def main(argv=None) -> None:
         fake_c = bank_crops(bank, generated, frames, size, spec.space_factor).to(device)
         return torch.cat([condition[:local_batch - generated], fake_c])
 
-    def scores(condition, video, labels):
-        """Each discriminator's score of an output crop: {name: (B,)}.
-
-        D_M gets the pair (condition crop, video): real pairs (down(x), x) and fake
-        pairs (down(x), G(down(x), z)) share the same condition, so the only way to
-        tell them apart is whether the video agrees with its condition.
-        """
-        result = {"spatial": discriminators["spatial"](video, labels),
-                  "temporal": discriminators["temporal"](video, labels)}
-        if "matching" in discriminators:
-            # With --cond-from, D_M only judges pairs whose condition is real (the
-            # first B - generated): it must learn agreement, not spot generated conditions.
-            n = local_batch - generated
-            pair_labels = labels[:n] if labels is not None else None
-            result["matching"] = discriminators["matching"](
-                matching_condition(condition[:n], context), video[:n], pair_labels)
-        return result
-
-    # A fixed batch of real training crops (far from the positions training uses),
-    # for the EMA generator's batch-norm statistics: fixed, so a resumed run computes
-    # exactly the statistics an uninterrupted one does.
-    stats_batch = torch.utils.data.default_collate(
-        [dataset[2**62 + i] for i in range(local_batch)])
-    stats_condition = stats_batch["condition"].to(device)
-    stats_labels = stats_batch["label"].to(device) if num_classes else None
-
     def refresh_ema_statistics():
         # Batch-norm statistics measured with the EMA weights themselves (see
         # training.standing_statistics): the fixed crops, with fresh noise each batch.
@@ -498,13 +719,11 @@ def main(argv=None) -> None:
             stats_condition, torch.randn(local_batch, cfg.z_dim, device=device), stats_labels,
             context=context))
 
-    def save(step, refresh=True):
-        if refresh:
-            refresh_ema_statistics()
+    def save(step):
+        # ckpt.pt: everything needed to resume (training.checkpoint_state), written atomically.
         save_checkpoint(ckpt_path, checkpoint_state(cfg, cfg.level, step, num_classes, models, optimizers))
 
     def write_sample_grid(step):
-        refresh_ema_statistics()
         # Whole videos: G over the full condition, padded with the context it expects.
         with torch.no_grad():
             padded = pad_condition(sample_condition, context).to(device)
@@ -521,15 +740,13 @@ def main(argv=None) -> None:
                              "nearest_condition": detail(nearest)}}
         paths[0].with_suffix(".json").write_text(json.dumps(report, indent=1))
 
-    def evaluate(step):
-        # Score the EMA generator with its standing statistics refreshed, and save
-        # exactly that model as ckpt_best.pt if it is the best so far (no second refresh).
-        refresh_ema_statistics()
-        return evaluator.evaluate_generator(ema_generator, out, step, lambda s: save(s, refresh=False))
-
-    chores = Chores(cfg, dist, out, step, f"level {cfg.level}", save, write_sample_grid,
-                    evaluate if evaluator is not None else None, unit="crops")
-    with chores:   # after every step: log, samples, checkpoints, Ctrl-C (see training.Chores)
+    # Rank 0 writes: the progress bar, log.jsonl (and TensorBoard), samples, checkpoints.
+    progress = tqdm(total=cfg.steps, initial=step, disable=not dist.is_main,
+                    desc=f"level {cfg.level}", dynamic_ncols=True)
+    tensorboard = tensorboard_writer(cfg, out, dist)        # None without --tensorboard
+    crops_per_step = cfg.batch_size * (cfg.d_steps + 1)     # d_steps D batches + one G batch
+    logged_step, logged_time = step, time.time()
+    with StopRequest() as stop:     # Ctrl-C / SIGTERM: finish the step, save, exit with 130
         while step < cfg.steps:
             torch.manual_seed(step_seed(cfg.seed, dist.rank, step))   # see training.step_seed
             # ---- Discriminators: d_steps updates on fresh partial views. --------------
@@ -544,33 +761,22 @@ def main(argv=None) -> None:
                 with autocast(device, amp_dtype):
                     with torch.no_grad():
                         fake = generator(g_condition, z, labels, context=context)
-                    real_scores = scores(condition, real, labels)
-                    fake_scores = scores(condition, fake, labels)
-                    loss_d = sum(weights[n] * hinge_d_loss(real_scores[n], fake_scores[n]) for n in real_scores)
-                    d_stats = discriminator_stats(real_scores, real_scores.values(), fake_scores.values())
+                    loss_d, d_stats = discriminator_loss(discriminators, weights, condition, real, fake,
+                                                         labels, context, generated)
                 d_opt.zero_grad(set_to_none=True)
                 d_scaler.scale(loss_d).backward()
                 d_scaler.step(d_opt)
                 d_scaler.update()
 
-            # ---- Generator: L_G = -sum_D w_D * E[D(fake)] (D frozen, unwrapped). ------
+            # ---- Generator: L_G = -sum_D w_D * E[D(fake)], D_M on (c, G(c, z)). --------
             for p in d_params:
                 p.requires_grad_(False)
             # G is conditioned on the last real condition batch, with fresh noise.
             z = torch.randn(local_batch, cfg.z_dim, device=device)
             with autocast(device, amp_dtype):
                 fake = generator(g_condition, z, labels, context=context)
-                fake_scores = {"spatial": unwrap(discriminators["spatial"])(fake, labels),
-                               "temporal": unwrap(discriminators["temporal"])(fake, labels)}
-                if "matching" in discriminators:
-                    # The matching term: G is rewarded only for outputs that D_M accepts
-                    # as the high-resolution version of *this* condition, so it cannot
-                    # ignore its input and still fool D_M.
-                    n = local_batch - generated
-                    fake_scores["matching"] = unwrap(discriminators["matching"])(
-                        matching_condition(condition[:n], context), fake[:n],
-                        labels[:n] if labels is not None else None)
-                loss_g = sum(weights[n] * hinge_g_loss(s) for n, s in fake_scores.items())
+                loss_g = generator_loss(plain_discriminators, weights, condition, fake, labels,
+                                        context, generated)
             g_opt.zero_grad(set_to_none=True)
             g_scaler.scale(loss_g).backward()
             g_scaler.step(g_opt)
@@ -579,11 +785,54 @@ def main(argv=None) -> None:
                 p.requires_grad_(True)
             check_finite(step, ckpt_path, loss_d=loss_d, loss_g=loss_g)
 
+            # ---- EMA of G: copy during warm-up, then average. -------------------------
             update_ema(ema_generator, unwrap(generator), cfg.ema_decay if step >= cfg.ema_start else 0.0)
-            step += 1
-            # ---- Log, samples, FVD, checkpoint (rank 0), Ctrl-C: training.Chores. -----
-            chores.after_step(step, loss_d, loss_g, seen=cfg.batch_size * (cfg.d_steps + 1), stats=d_stats)
-    chores.finish(step)
+            step += 1                   # from here on, `step` counts completed steps
+            last = step == cfg.steps
+
+            # ---- Log, evaluate, samples, checkpoint: rank 0 only. ---------------------
+            if dist.is_main:
+                progress.update(1)
+                evaluate_now = evaluator is not None and step % cfg.eval_every == 0
+                if step % cfg.log_every == 0 or last or evaluate_now:
+                    seconds = max(time.time() - logged_time, 1e-9)
+                    steps_done, logged_step, logged_time = step - logged_step, step, time.time()
+                    record = {"step": step, "loss_d": loss_d.item(), "loss_g": loss_g.item(),
+                              "crops_per_s": steps_done * crops_per_step / seconds,
+                              # MFU: FLOPs done since the last line / seconds / peak FLOP/s
+                              "mfu": steps_done * flops_per_step / seconds / peak,
+                              **{name: value.item() for name, value in d_stats.items()}}
+                    if evaluate_now:
+                        # Score the EMA generator with fresh standing statistics; if it is the
+                        # best so far, `save` keeps exactly that model as ckpt_best.pt.
+                        refresh_ema_statistics()
+                        record.update(evaluator.evaluate_generator(ema_generator, out, step, save))
+                    log_line(out, record, progress, tensorboard, unit="crops")
+                if (cfg.sample_every and step % cfg.sample_every == 0) or last:
+                    refresh_ema_statistics()
+                    write_sample_grid(step)
+                if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or last:
+                    refresh_ema_statistics()
+                    save(step)
+
+            # ---- Ctrl-C: every rank stops after this same step; rank 0 saves it. ------
+            if stop.should_stop(device):
+                if dist.is_main:
+                    refresh_ema_statistics()
+                    save(step)           # `step` steps are complete: it resumes exactly
+                    progress.close()
+                    print(f"interrupted: saved {ckpt_path} at step {step}; "
+                          "run the same command to resume")
+                cleanup_distributed()
+                raise SystemExit(130)
+
+    progress.close()
+    if tensorboard is not None:
+        tensorboard.close()
+    if dist.is_main:
+        print(f"done: {ckpt_path} (step {step}), samples in {out / 'samples'}")
+        release_out_dir(out)
+    cleanup_distributed()
 
 
 if __name__ == "__main__":

@@ -221,7 +221,7 @@ def seconds_per_step(run: LevelRun, out: Path, skip_lines: int = 0) -> float:
     cfg = run_config(config_class, run.argv(out, 1))
     per_step = cfg.batch_size * (cfg.d_steps + 1)
     lines = (out / "log.jsonl").read_text().splitlines()[skip_lines:]
-    unit = "clips_per_s" if run.script == "level1" else "crops_per_s"   # training.Chores' unit
+    unit = "clips_per_s" if run.script == "level1" else "crops_per_s"   # the level scripts' log keys
     rates = [json.loads(line)[unit] for line in lines]
     rates = rates[1:] if len(rates) > 1 else rates
     return statistics.median(per_step / rate for rate in rates)

@@ -110,7 +110,7 @@ TORCHRUN_WRAPPER = textwrap.dedent('''
             print(f"backend {{dist.get_backend()}} world {{dist.get_world_size()}}", flush=True)
         real_cleanup()
 
-    training.cleanup_distributed = cleanup       # Chores.finish looks the name up at call time
+    level1.cleanup_distributed = cleanup         # the end of level1.main's loop calls it
     training.run_main(level1.main, sys.argv[1:])
 ''')
 

@@ -405,7 +405,7 @@ def test_a_discriminator_step_scores_real_and_fake_then_backpropagates_once():
 
 def test_channels_last_weights_give_the_same_scores():
     torch.manual_seed(19)
-    D = MatchingDiscriminator(ch=8, resolution=16).eval()
+    D = MatchingDiscriminator(ch=8, resolution=16, pool_input=False).eval()
     video, condition = torch.randn(2, 3, 4, 16, 16), torch.randn(2, 3, 2, 8, 8)
     expected = D(condition, video)
     to_channels_last(D)

@@ -65,7 +65,9 @@ def test_training_writes_checkpoint_log_and_samples(tmp_path, small_level1_args)
     assert code == 0
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
-    assert all({"loss_d", "loss_g"} <= r.keys() for r in records)
+    assert all({"loss_d", "loss_g", "clips_per_s", "mfu", "d_spatial_loss"} <= r.keys() for r in records)
+    # MFU: FLOPs of the logged steps per second over a measured peak, a fraction.
+    assert all(0 < r["mfu"] < 1 for r in records)
     ckpt = load_checkpoint(out / "ckpt.pt", level=1, preset="tiny")
     assert ckpt["step"] == 2 and ckpt["config"]["g_ch"] == 8
     assert {"generator", "ema_generator", "spatial", "temporal"} <= ckpt["models"].keys()
@@ -109,3 +111,28 @@ def test_help_lists_the_flags_of_the_config(capsys):
     for flag in ("--data", "--data-root", "--preset", "--out", "--steps", "--batch-size",
                  "--device", "--seed", "--log-every", "--sample-every", "--ckpt-every", "--resume"):
         assert flag in text
+
+
+def test_the_generator_class_defaults_are_the_command_line_defaults():
+    """`Level1Generator(frames, size)` builds what `python level1.py` trains."""
+    import inspect
+    defaults = inspect.signature(level1.Level1Generator).parameters
+    cfg = level1.Level1Config()
+    assert (defaults["z_dim"].default, defaults["ch"].default) == (cfg.z_dim, cfg.g_ch)
+
+
+def test_the_losses_are_the_weighted_hinge_losses_of_both_discriminators():
+    """Level 1's losses in the form the upsampling levels share (there with D_M):
+    L_D = sum_D w_D (E[relu(1 - D(x))] + E[relu(1 + D(G(z)))]), L_G = -sum_D w_D E[D(G(z))],
+    with stand-in discriminators whose scores are known: D_S = 2 * mean, D_T = -mean."""
+    ds = {"spatial": lambda video, labels=None: 2 * video.mean(dim=(1, 2, 3, 4)),
+          "temporal": lambda video, labels=None: -video.mean(dim=(1, 2, 3, 4))}
+    weights = {"spatial": 1.0, "temporal": 3.0}
+    real = torch.full((2, 3, 4, 8, 8), 0.25)                 # D_S = 0.5, D_T = -0.25
+    fake = torch.full((2, 3, 4, 8, 8), -0.75)                # D_S = -1.5, D_T = 0.75
+    loss_d, stats = level1.discriminator_loss(ds, weights, real, fake, None, None)
+    # spatial: relu(1 - 0.5) + relu(1 - 1.5) = 0.5; temporal: relu(1.25) + relu(1.75) = 3.0
+    assert float(loss_d) == pytest.approx(1.0 * 0.5 + 3.0 * 3.0)
+    assert float(stats["d_temporal_fake"]) == pytest.approx(0.75)
+    # L_G = -(1.0 * (-1.5) + 3.0 * 0.75)
+    assert float(level1.generator_loss(ds, weights, fake, None)) == pytest.approx(-(-1.5 + 2.25))

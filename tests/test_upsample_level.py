@@ -213,3 +213,161 @@ def test_condition_error_and_detail_measure_what_the_samples_claim():
     nearest = condition.repeat_interleave(2, 2).repeat_interleave(2, 3).repeat_interleave(2, 4)
     assert up.detail(torch.full((1, 3, 4, 8, 8), 0.3)) == 0
     assert up.detail(nearest) < up.detail(real)
+
+
+def test_the_class_defaults_are_the_command_line_defaults():
+    """`UpsampleGenerator(tf, sf)` and the discriminators built with their defaults
+    are what `python upsample_level.py` trains (widths, pooling, padding)."""
+    import inspect
+    from discriminators import MatchingDiscriminator, SpatialDiscriminator, TemporalDiscriminator
+
+    def default(cls, name):
+        return inspect.signature(cls).parameters[name].default
+
+    cfg = up.UpsampleConfig()
+    assert default(up.UpsampleGenerator, "z_dim") == cfg.z_dim
+    assert default(up.UpsampleGenerator, "ch") == cfg.g_ch
+    assert default(up.UpsampleGenerator, "encoder_blocks") == cfg.encoder_blocks
+    assert default(up.UpsampleGenerator, "padding_mode") == cfg.padding
+    for cls in (SpatialDiscriminator, TemporalDiscriminator, MatchingDiscriminator):
+        assert default(cls, "ch") == cfg.d_ch, cls.__name__
+    assert default(TemporalDiscriminator, "pool_input") == cfg.temporal_pool
+    # D_M pools by default, on both sides: see discriminators.py's D_M comment block.
+    assert default(MatchingDiscriminator, "pool_input") == cfg.matching_pool is True
+
+
+# ----------------------------------------------------------------------------------
+# The losses with the matching discriminator, graded against wrong variants.
+#
+# Stand-in discriminators with closed forms make the losses computable by hand:
+# D_S(x) = mean of x, D_T(x) = mean |frame difference|, and
+# D_M(c, x) = 1 - 5 * mean |down(x) - c|: 1 for an output that agrees with the
+# condition it is paired with, lower the more it strays from it.
+# ----------------------------------------------------------------------------------
+
+CONTEXT, TF, SF = 1, 2, 2
+WEIGHTS = {"spatial": 1.0, "temporal": 2.0, "matching": 3.0}   # distinct: a swapped weight shows
+
+
+def stand_in_discriminators():
+    def matching(condition, video, labels=None):
+        assert condition.shape[2] * TF == video.shape[2], "D_M's pair: condition frames the crop covers"
+        return 1 - 5 * (down(video, TF, SF) - condition).abs().mean(dim=(1, 2, 3, 4))
+    return {"spatial": lambda video, labels=None: video.mean(dim=(1, 2, 3, 4)),
+            "temporal": lambda video, labels=None: video.diff(dim=2).abs().mean(dim=(1, 2, 3, 4)),
+            "matching": matching}
+
+
+def example_batch(batch=3):
+    """Conditions (B, 3, t + 2K, h, w) that differ in every frame and example; real
+    crops that agree with their condition; fakes that stray from it by 0, 0.1, 0.2, ..."""
+    torch.manual_seed(3)
+    condition = torch.rand(batch, 3, 4 + 2 * CONTEXT, 4, 4) * 2 - 1
+    covered = condition[:, :, CONTEXT:-CONTEXT]                              # (B, 3, 4, 4, 4)
+    real = covered.repeat_interleave(TF, 2).repeat_interleave(SF, 3).repeat_interleave(SF, 4)
+    fake = real + 0.1 * torch.arange(batch).view(batch, 1, 1, 1, 1) * torch.rand_like(real)
+    return condition, real, fake
+
+
+def grade_generator_loss(generator_loss):
+    """L_G = -sum_D w_D E[D(fake)], D_M on (the condition frames each crop covers, that
+    crop); with --cond-from (generated > 0) D_M judges only the real-conditioned first
+    B - generated examples. The expected value is computed example by example."""
+    ds = stand_in_discriminators()
+    condition, _, fake = example_batch()
+    for generated in (0, 1):
+        n = fake.shape[0] - generated
+        matching = torch.stack([ds["matching"](condition[i:i + 1, :, CONTEXT:-CONTEXT], fake[i:i + 1])[0]
+                                for i in range(n)])
+        expected = -(WEIGHTS["spatial"] * ds["spatial"](fake).mean()
+                     + WEIGHTS["temporal"] * ds["temporal"](fake).mean()
+                     + WEIGHTS["matching"] * matching.mean())
+        loss = generator_loss(ds, WEIGHTS, condition, fake, None, CONTEXT, generated)
+        torch.testing.assert_close(loss, expected, msg=f"generated={generated}")
+
+
+def grade_discriminator_loss(discriminator_loss):
+    """L_D = sum_D w_D (E[relu(1 - D(real))] + E[relu(1 + D(fake))]), D_M's real and fake
+    pairs sharing one condition."""
+    ds = stand_in_discriminators()
+    condition, real, fake = example_batch()
+    covered = condition[:, :, CONTEXT:-CONTEXT]
+    expected = sum(WEIGHTS[name] * (torch.relu(1 - real_s).mean() + torch.relu(1 + fake_s).mean())
+                   for name, real_s, fake_s in [
+                       ("spatial", ds["spatial"](real), ds["spatial"](fake)),
+                       ("temporal", ds["temporal"](real), ds["temporal"](fake)),
+                       ("matching", ds["matching"](covered, real), ds["matching"](covered, fake))])
+    loss, stats = discriminator_loss(ds, WEIGHTS, condition, real, fake, None, CONTEXT)
+    torch.testing.assert_close(loss, expected)
+    assert stats["d_matching_real"] == pytest.approx(1.0)      # real pairs agree exactly
+
+
+def test_generator_loss_includes_d_m_on_each_output_and_its_own_condition():
+    grade_generator_loss(up.generator_loss)
+
+
+def test_discriminator_loss_gives_d_m_real_and_fake_pairs_of_one_condition():
+    grade_discriminator_loss(up.discriminator_loss)
+
+
+# Wrong answers a student could plausibly write; each must fail its grader.
+def g_loss_without_matching(ds, weights, condition, fake, labels, context, generated=0):
+    no_matching = {name: d for name, d in ds.items() if name != "matching"}
+    return up.generator_loss(no_matching, weights, condition, fake, labels, context, generated)
+
+
+def g_loss_with_the_next_examples_condition(ds, weights, condition, fake, labels, context, generated=0):
+    return up.generator_loss(ds, weights, condition.roll(1, dims=0), fake, labels, context, generated)
+
+
+def g_loss_with_the_window_start_not_the_crop(ds, weights, condition, fake, labels, context, generated=0):
+    # The first t condition frames: the left context is paired with the output, the crop's
+    # last frames are not.
+    shifted = condition[:, :, :condition.shape[2] - 2 * context]
+    return up.generator_loss(ds, weights, shifted, fake, labels, 0, generated)
+
+
+def g_loss_judging_bank_conditioned_outputs(ds, weights, condition, fake, labels, context, generated=0):
+    return up.generator_loss(ds, weights, condition, fake, labels, context, 0)
+
+
+def g_loss_with_unweighted_matching(ds, weights, condition, fake, labels, context, generated=0):
+    return up.generator_loss(ds, {**weights, "matching": 1.0}, condition, fake, labels, context, generated)
+
+
+@pytest.mark.parametrize("wrong", [g_loss_without_matching, g_loss_with_the_next_examples_condition,
+                                   g_loss_with_the_window_start_not_the_crop,
+                                   g_loss_judging_bank_conditioned_outputs, g_loss_with_unweighted_matching])
+def test_the_generator_loss_grader_fails_wrong_answers(wrong):
+    with pytest.raises(AssertionError):
+        grade_generator_loss(wrong)
+
+
+def d_loss_with_fake_pairs_of_another_condition(ds, weights, condition, real, fake, labels, context, generated=0):
+    # Real and fake pairs with different conditions: D_M could then tell them apart
+    # by the condition alone, without looking at agreement.
+    real_part = {n: torch.relu(1 - s).mean() for n, s in up.discriminator_scores(
+        ds, condition, real, labels, context, generated).items()}
+    fake_part = {n: torch.relu(1 + s).mean() for n, s in up.discriminator_scores(
+        ds, condition.roll(1, dims=0), fake, labels, context, generated).items()}
+    return sum(weights[n] * (real_part[n] + fake_part[n]) for n in real_part), {}
+
+
+def d_loss_without_matching(ds, weights, condition, real, fake, labels, context, generated=0):
+    no_matching = {name: d for name, d in ds.items() if name != "matching"}
+    return up.discriminator_loss(no_matching, weights, condition, real, fake, labels, context, generated)
+
+
+@pytest.mark.parametrize("wrong", [d_loss_with_fake_pairs_of_another_condition, d_loss_without_matching])
+def test_the_discriminator_loss_grader_fails_wrong_answers(wrong):
+    with pytest.raises(AssertionError):
+        grade_discriminator_loss(wrong)
+
+
+def test_matching_pair_is_the_covered_condition_next_to_the_crop():
+    condition, real, _ = example_batch()
+    c, x, labels = up.matching_pair(condition, real, torch.arange(3), CONTEXT, generated=1)
+    torch.testing.assert_close(c, condition[:2, :, CONTEXT:-CONTEXT])
+    torch.testing.assert_close(x, real[:2])
+    assert labels.tolist() == [0, 1]
+    torch.testing.assert_close(down(x, TF, SF), c)          # a real crop gives its condition back
