@@ -82,7 +82,7 @@ import flags
 import level1
 import sample
 import upsample_level
-from data import UserError, level_spec
+from data import level_spec
 from discriminators import (
     MatchingDiscriminator,
     SpatialDiscriminator,
@@ -90,6 +90,7 @@ from discriminators import (
     hinge_d_loss,
     hinge_g_loss,
 )
+from flags import UserError
 from training import autocast, resolve_amp, resolve_device, run_main
 
 ROOT = Path(__file__).resolve().parent

@@ -74,7 +74,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import flags
-from data import UserError, down, find_videos, pad_condition, read_frames
+from data import down, pad_condition
+from flags import UserError
+from videos import find_videos, read_frames
 
 I3D_ENV = "HVG_I3D"
 

@@ -124,7 +124,7 @@ import level1  # noqa: E402
 import metrics  # noqa: E402
 import sample  # noqa: E402
 import upsample_level  # noqa: E402
-from data import UserError  # noqa: E402
+from flags import UserError  # noqa: E402
 from training import resolve_device, run_main  # noqa: E402
 
 PRESET = "tiny"                 # the built-in data's hierarchy: 8x16x16 -> 16x32x32 -> 32x64x64

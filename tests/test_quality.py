@@ -23,6 +23,7 @@ import data
 import metrics
 import sample
 from data import down, level_spec, make_dataset
+from videos import write_video
 
 SMALL = metrics.C2STProtocol(num_videos=16, seeds=1, epochs=2)
 
@@ -185,7 +186,7 @@ def test_command_line_writes_the_download_free_numbers_without_any_i3d_file(tmp_
     # Generated clips as files, at another size than the real level-2 clips (16x32x32):
     # frozen level-3 clips of 64 px, which the test brings down to 32 px.
     for i, video in enumerate(synthetic(3, 7, 8)):
-        data.write_video(folder / f"clip_{i}.mp4", video[:, :1].expand(-1, 16, -1, -1), fps=8)
+        write_video(folder / f"clip_{i}.mp4", video[:, :1].expand(-1, 16, -1, -1), fps=8)
     out = tmp_path / "m.json"
     result = metrics.main(["--real", "synthetic", "--level", "2", "--fake", str(folder),
                            "--c2st-num-videos", "8", "--c2st-seeds", "2", "--c2st-epochs", "1",
