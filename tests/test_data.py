@@ -82,6 +82,7 @@ def test_level_example_spatial_crop_matches_condition():
     assert level_example(video[:, :8, :16, :16], "tiny", 1)["target"].shape == (3, 8, 16, 16)
 
 
+@pytest.mark.robustness
 def test_level_example_rejects_bad_crops():
     video = torch.rand(3, 16, 32, 32)
     with pytest.raises(UserError, match="crop_frames=7"):
@@ -320,6 +321,7 @@ def test_flat_layout_is_unlabelled_and_uses_the_dataset_stride(tmp_path):
     assert torch.allclose(steps, torch.full_like(steps, 12.0), atol=2.5), steps
 
 
+@pytest.mark.robustness
 @pytest.mark.parametrize("case", ["none", "missing", "file", "empty", "no videos"])
 def test_kinetics_without_videos_is_a_user_error(tmp_path, case):
     root = {"none": None, "missing": tmp_path / "nope", "file": tmp_path / "f.txt",
@@ -337,6 +339,7 @@ def test_kinetics_without_videos_is_a_user_error(tmp_path, case):
     assert "synthetic" in message or "Kinetics-600" in message
 
 
+@pytest.mark.robustness
 def test_no_usable_video_is_a_user_error(tmp_path):
     write_test_video(tmp_path / "a.mp4", 5)
     (tmp_path / "b.webm").write_bytes(b"junk")
@@ -417,6 +420,7 @@ def test_preview_of_real_videos(tmp_path):
     assert len(list((tmp_path / "preview").rglob("*.mp4"))) == 3
 
 
+@pytest.mark.robustness
 def test_command_line_errors_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:     # as `python data.py preview ...` runs it
         flags.run_main(data.main, ["preview", "--data", "kinetics600", "--out", str(tmp_path)])

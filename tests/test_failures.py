@@ -43,6 +43,8 @@ from conftest import ROOT, run_script
 from data import UserError, make_dataset
 from training import load_checkpoint, save_checkpoint
 
+pytestmark = pytest.mark.robustness   # the hardening catalogue: pytest -m robustness
+
 # A level-1 run of the tiny preset small enough for a few tenths of a second a step.
 SMALL = ["--g-ch", "8", "--d-ch", "8", "--z-dim", "16", "--batch-size", "4",
          "--num-samples", "2", "--log-every", "1", "--device", "cpu",

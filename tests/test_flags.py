@@ -37,6 +37,8 @@ from training import build_parser, parse_config, run_main
 sys.path.insert(0, str(ROOT / "experiments"))
 import ablations  # noqa: E402
 
+pytestmark = pytest.mark.robustness   # the hardening catalogue: pytest -m robustness
+
 
 def subcommand(parser, name):
     """The parser of one subcommand (`data.py prepare`)."""

@@ -175,6 +175,7 @@ def test_torchscript_i3d_loads_and_gives_logits_only(tmp_path):
         metrics.i3d_features(model, videos, SMALL)
 
 
+@pytest.mark.robustness
 def test_without_weights_the_error_says_what_to_get(monkeypatch, tmp_path, i3d_file):
     monkeypatch.delenv("HVG_I3D", raising=False)
     with pytest.raises(UserError) as error:
@@ -283,6 +284,7 @@ def test_fvd_grows_as_fakes_get_more_different(i3d, real_set, worse, levels):
     assert all(a < b for a, b in zip(scores, scores[1:])), scores
 
 
+@pytest.mark.robustness
 def test_fvd_refuses_clips_shorter_than_the_protocol(i3d):
     short = moving_videos(2, frames=8)
     with pytest.raises(UserError, match="--frames 8"):

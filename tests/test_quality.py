@@ -203,6 +203,7 @@ def test_command_line_writes_the_download_free_numbers_without_any_i3d_file(tmp_
     assert written["c2st_protocol"]["seeds"] == 2 and "fvd" not in written
 
 
+@pytest.mark.robustness
 def test_evaluate_needs_a_trained_hierarchy_or_calibrate(tmp_path):
     from flags import UserError
     with pytest.raises(UserError, match="--runs"):

@@ -214,6 +214,7 @@ def test_input_is_centre_cropped_and_area_resized():
     assert video[0, 0, 0].tolist() == [[-1.0, 1.0], [1.0, 1.0]]
 
 
+@pytest.mark.robustness
 def test_input_errors(tiny_runs, clip, tmp_path):
     runs = ["--runs", str(tiny_runs), "--out", str(tmp_path / "out"), "--no-progress"]
     bad = tmp_path / "bad.mp4"
