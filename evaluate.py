@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "motion statistics (FVD, FID and IS of the end result too with I3D weights); "
                     "or the calibration table.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_real_arguments(parser, folder=False)
+    add_real_arguments(parser, chain=True)
     chain = parser.add_argument_group("the trained hierarchy").add_mutually_exclusive_group()
     chain.add_argument("--runs", default=None,
                        help="its run folder (level1/ckpt.pt, level2/ckpt.pt, ...), as sample.py takes it")

@@ -1149,16 +1149,18 @@ class VideoFiles(torch.utils.data.Dataset):
 # real_source, fvd_scores), so both scripts take the same flags for the same things.
 # ----------------------------------------------------------------------------------
 
-def add_real_arguments(parser, folder: bool = True) -> None:
-    """--real, --real-root, --preset, --level: which real clips."""
+def add_real_arguments(parser, chain: bool = False) -> None:
+    """--real, --real-root, --preset, --level: which real clips. `chain`: the script
+    samples a trained chain (evaluate.py), whose preset is the default."""
     real = parser.add_argument_group("real videos")
     real.add_argument("--real", required=True,
                       help="a dataset of data.py (synthetic, kinetics600, bdd100k, ucf101, folder, "
-                           "cache)" + (" or a folder of video files" if folder else ""))
+                           "cache)" + ("" if chain else " or a folder of video files"))
     real.add_argument("--real-root", default=None, help="the dataset's root folder (data.py's --data-root)")
     real.add_argument("--preset", default=None,
-                      help="data.py shape preset of the real clips (default: the sampled "
-                           "chain's, else --real if it names a preset, else tiny)")
+                      help="data.py shape preset of the real clips (default: "
+                           + ("the chain's, else " if chain else "") + "--real if it names a preset, "
+                           "else tiny)")
     real.add_argument("--level", type=flags.ranged("--level", int, "[1, inf)"), default=None,
                       help=flags.ranged_help("level whose clip shape the real clips take "
                                              "(default: the last)", "[1, inf)"))
