@@ -80,7 +80,7 @@ import flags
 import level1
 import sample
 import upsample_level
-from data import UserError, level_spec
+from data import level_spec
 from discriminators import (
     MatchingDiscriminator,
     SpatialDiscriminator,
@@ -88,6 +88,7 @@ from discriminators import (
     hinge_d_loss,
     hinge_g_loss,
 )
+from flags import UserError
 from training import (autocast, count_flops, matmul_peak, resolve_amp, resolve_device, run_main,
                       synchronize)
 

@@ -1,6 +1,7 @@
 """Command-line flags with their valid range declared where the flag is declared.
 
-Every script of hvg (level1.py, upsample_level.py, sample.py, data.py, bench.py)
+Every script of hvg (level1.py, upsample_level.py, sample.py, data.py, metrics.py,
+evaluate.py, bench.py)
 builds its command line with this file, so every numeric flag says which values
 it takes, and a value outside them stops the script before any data or model is
 built, with one line a user can act on:
@@ -28,8 +29,17 @@ open towards infinity.
 The level scripts and sample.py do not call this directly: they declare
 `option(default, help, range="[1, inf)", zero_means=...)` on their config
 dataclass (training.py), and training.build_parser turns that into the above.
-This file sits below everything else (it imports nothing from hvg), so data.py,
-the lowest of the scripts, can use it too.
+
+A mistake found later, once the flags parsed (a missing folder, a file that is
+not a checkpoint), is a `UserError`; every script runs its main() through
+`run_main`, which prints it as the same one `error:` line and exits 2:
+
+    if __name__ == "__main__":
+        flags.run_main(main)
+
+This file sits below everything else (it imports nothing from hvg), so every
+module, data.py and videos.py included, can raise a UserError without importing
+the data code.
 """
 
 from __future__ import annotations
@@ -39,6 +49,37 @@ import math
 import re
 import sys
 from dataclasses import dataclass
+
+
+# ----------------------------------------------------------------------------------
+# UserError: a mistake the user can fix, reported in one line.
+# ----------------------------------------------------------------------------------
+
+class UserError(Exception):
+    """Something the user can fix (a path, a flag, a file). The message says what was
+    wrong, with the value, and what to do. Scripts print "error: <message>", exit 2."""
+
+
+def run_main(main, argv=None) -> None:
+    """Run a script's main(argv); a UserError ends with its message and exit code 2.
+
+    A UserError is something the user can fix, so a traceback would only hide the
+    message. Anything else is a bug: let it raise.
+    """
+    try:
+        main(argv)
+    except UserError as error:
+        close_progress_bars()
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def close_progress_bars() -> None:
+    """Finish any tqdm bar still drawn on stderr, so that a message printed after it
+    starts on its own line, not glued to the bar."""
+    tqdm = sys.modules.get("tqdm")            # only if a bar can exist: tqdm was imported
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
 
 
 # ----------------------------------------------------------------------------------

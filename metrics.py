@@ -37,11 +37,18 @@ Shapes
 Run
 ---
     # real data from data.py (a dataset name + preset/level) or a folder of videos,
-    # fake videos from a folder or sampled from trained runs (needs sample.py):
+    # generated videos from a folder of files (e.g. written by sample.py):
+    python metrics.py --real synthetic --preset tiny --fake samples/                 # no download
     python metrics.py --real synthetic --preset tiny --fake samples/ --i3d i3d_pretrained_400.pt
-    python metrics.py --real synthetic --runs runs/tiny --num-videos 256    # $HVG_I3D set
-    python metrics.py --real kinetics600 --real-root /data/k600 --runs runs/kinetics600 \\
+    python metrics.py --real kinetics600 --real-root /data/k600 --fake samples/ \\
         --i3d ~/.cache/hvg/i3d_pretrained_400.pt --device cuda --out metrics.json
+
+Without I3D weights it gives the download-free numbers (the two-sample accuracy
+and the motion ratio, below); with them FVD, FID and IS too. Scoring a trained
+hierarchy from its run folders, level by level, is evaluate.py's job
+(`python evaluate.py --real synthetic --runs runs/tiny`): this file sits below
+the level scripts (they import TrainingEvaluator for --eval-every), so it never
+imports sample.py or a level.
 
 From Python (training scripts, notebooks):
     model = load_i3d("i3d_pretrained_400.pt", device="cuda")
@@ -74,7 +81,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import flags
-from data import UserError, down, find_videos, pad_condition, read_frames
+from data import PRESETS, down, make_dataset, num_levels, pad_condition
+from flags import UserError
+from training import resolve_device
+from videos import find_videos, read_frames
 
 I3D_ENV = "HVG_I3D"
 
@@ -1060,21 +1070,8 @@ def _dataset_batches(dataset, indices, batch_size):
 
 
 # ----------------------------------------------------------------------------------
-# Per-level evaluation of a trained hierarchy, and the calibration table.
+# Real clips held out from training (what evaluate.py compares each level with).
 # ----------------------------------------------------------------------------------
-#
-# A hierarchy can lose quality at every level, and the chain's end result mixes
-# them all. So each level is scored three ways (HVG.md, "Evaluating without
-# downloads"):
-#   level 1          its samples vs real clips at level 1's shape;
-#   level l alone    fed *real* conditions c = down(x) of real level-l clips x, its
-#                    output G_l(c, z) vs those same clips x: the level on its own,
-#                    free of the errors of the levels below (and its condition
-#                    error mean |down(G_l(c, z)) - c| beside it);
-#   level l in chain its output when the chain runs from noise vs real level-l
-#                    clips. The gap between "alone" and "in chain" is the
-#                    train/test mismatch of feeding a level generated conditions.
-# The last level in the chain is the whole model's end result.
 
 EVAL_DATA_SEED = 10_000   # real clips for evaluation: a dataset seed that training (--seed 0..) does not use
 
@@ -1084,8 +1081,7 @@ def real_clips(data_name: str, data_root, preset: str, level: int, num: int, see
 
     Synthetic data: items 0..num-1 of the dataset seeded EVAL_DATA_SEED + seed,
     clips that training never drew. Video datasets: a seeded subset."""
-    import data
-    dataset = data.make_dataset(data_name, data_root, preset, level, seed=EVAL_DATA_SEED + seed)
+    dataset = make_dataset(data_name, data_root, preset, level, seed=EVAL_DATA_SEED + seed)
     count = min(len(dataset), num)
     if data_name == "synthetic":
         indices = np.arange(count)
@@ -1093,161 +1089,6 @@ def real_clips(data_name: str, data_root, preset: str, level: int, num: int, see
         indices = np.sort(np.random.default_rng(seed).choice(len(dataset), count, replace=False))
     videos, labels = zip(*_dataset_batches(dataset, indices, 32))
     return torch.cat(videos), torch.cat(labels)
-
-
-def upsample_real(chain, index: int, condition: torch.Tensor, labels: torch.Tensor,
-                  seed: int = 0, batch_size: int = 16) -> torch.Tensor:
-    """Level chain.specs[index] alone on real conditions (N, 3, t, h, w), in windows
-    exactly as sample.py runs it; noise z of clip i from sample.video_rng(seed, i, level)."""
-    import sample
-    spec, generator = chain.specs[index], chain.generators[index]
-    outputs = []
-    for start in range(0, len(condition), batch_size):
-        part = condition[start:start + batch_size]
-        z = torch.cat([generator.sample_latent(1, generator=sample.video_rng(seed, start + i, spec.level))
-                       for i in range(len(part))])
-        y = labels[start:start + len(part)].to(z.device) if generator.num_classes else None
-        outputs.append(sample.upsample(generator, part, z, y, context=spec.context,
-                                       window=spec.crop_frames // spec.time_factor))
-    return torch.cat(outputs)
-
-
-def level_table(chain, data_name="synthetic", data_root=None, num: int = 256, seed: int = 0,
-                protocol: C2STProtocol | None = None, long_factor: int = 4,
-                log=print, strips=None) -> dict:
-    """Score every level of `chain` (sample.load_chain) alone and in the chain.
-
-    -> {"levels": [{"level", "shape", "chain": {c2st, c2st_std, motion_ratio, ...,
-    condition_error}, "real_condition": {...} (levels >= 2)}, ...],
-    "long": {"factor", "frames", "motion_by_quarter", "last_over_first"},
-    "protocol": ..., "num": ..., "seed": ...}. With `strips` (a folder), also writes
-    level<l>.png per level: for 3 clips, rows of real frames, the level's output on
-    their real conditions and (another video) its output in the chain: look at them
-    beside the numbers.
-    """
-    import sample
-    from upsample_level import condition_error
-    protocol = protocol or C2STProtocol(num_videos=num)
-    _, chain_videos = sample.generate(chain, num, seed=seed, return_levels=True)
-    rows = []
-    for index, (spec, in_chain) in enumerate(zip(chain.specs, chain_videos)):
-        real, labels = real_clips(data_name, data_root, chain.preset, spec.level, num, seed)
-        row = {"level": spec.level, "shape": [spec.frames, spec.size, spec.size]}
-        row["chain"] = quality(real, in_chain, protocol)
-        if index > 0:
-            # In the chain, the condition is the level below's output in the chain.
-            row["chain"]["condition_error"] = condition_error(in_chain, chain_videos[index - 1], spec)
-            condition = down(real, spec.time_factor, spec.space_factor)       # exactly these clips, down
-            alone = upsample_real(chain, index, condition, labels, seed)
-            row["real_condition"] = quality(real, alone, protocol)
-            row["real_condition"]["condition_error"] = condition_error(alone, condition, spec)
-        rows.append(row)
-        log(format_level_row(row))
-        if strips is not None:
-            write_level_strip(Path(strips) / f"level{spec.level}.png", real, alone if index > 0 else None,
-                              in_chain)
-    # A long sample: freezing past the training horizon shows in the last quarter.
-    long = sample.generate(chain, min(num, 64), seed=seed, frames=long_factor * chain.frames)
-    quarters = motion_by_segment(long, 4)
-    result = {"levels": rows, "protocol": protocol.key(), "num": num, "seed": seed,
-              "long": {"factor": long_factor, "frames": long.shape[2], "motion_by_quarter": quarters,
-                       "last_over_first": quarters[-1] / max(quarters[0], 1e-12)}}
-    log(f"{long_factor}x horizon ({long.shape[2]} frames): motion per quarter "
-        + " ".join(f"{q:.4f}" for q in quarters)
-        + f"; last / first = {result['long']['last_over_first']:.2f}")
-    return result
-
-
-def write_level_strip(path, real, alone, in_chain, clips: int = 3, frames: int = 8) -> None:
-    """A PNG of `frames` frames per row: for each of `clips` clips, the real clip, the
-    level's output on its real condition (when there is one), and a chain sample."""
-    import data
-    rows = []
-    for i in range(clips):
-        rows += [real[i, :, :frames]] + ([alone[i, :, :frames]] if alone is not None else [])
-        rows.append(in_chain[i, :, :frames])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data.write_image(path, data.contact_sheet(rows, size=max(64, real.shape[-1])))
-
-
-LEVEL_TABLE_HEADER = ("| level | shape | two-sample acc., real condition | two-sample acc., in chain "
-                      "| motion ratio, real condition | motion ratio, in chain "
-                      "| condition error, real condition | condition error, in chain |\n"
-                      "| --- | --- | --- | --- | --- | --- | --- | --- |")
-
-
-def format_level_row(row: dict) -> str:
-    """One markdown row of the per-level table (mean +- std over the judge's seeds)."""
-    def acc(scores):
-        return f"{scores['c2st']:.3f} ± {scores['c2st_std']:.3f}" if scores else "–"
-
-    def num(scores, key, digits=2):
-        return f"{scores[key]:.{digits}f}" if scores and key in scores else "–"
-    alone, chained = row.get("real_condition"), row["chain"]
-    return (f"| {row['level']} | {'x'.join(map(str, row['shape']))} | {acc(alone)} | {acc(chained)} "
-            f"| {num(alone, 'motion_ratio')} | {num(chained, 'motion_ratio')} "
-            f"| {num(alone, 'condition_error', 3)} | {num(chained, 'condition_error', 3)} |")
-
-
-# What the calibration table compares real clips with: transformations whose effect
-# on a video everybody can picture, so a reader knows what a number means.
-def _shuffle_time(videos: torch.Tensor) -> torch.Tensor:
-    order = torch.randperm(videos.shape[2], generator=torch.Generator().manual_seed(0))
-    return videos[:, :, order]
-
-
-def _blur(videos: torch.Tensor) -> torch.Tensor:
-    """3x3 box blur of every frame (edges replicated)."""
-    n, c, t, h, w = videos.shape
-    frames = F.pad(videos.transpose(1, 2).reshape(n * t, c, h, w), (1, 1, 1, 1), mode="replicate")
-    return F.avg_pool2d(frames, 3, stride=1).view(n, t, c, h, w).transpose(1, 2)
-
-
-CALIBRATIONS = {   # name: what is done to real clips of another seed
-    "real, another seed": lambda other: other,
-    "frozen (first frame held)": lambda other: other[:, :, :1].expand_as(other).clone(),
-    "time-reversed": lambda other: other.flip(2),
-    "shuffled in time": _shuffle_time,
-    "blurred (3x3 box)": _blur,
-    "noise added (std 0.1)": lambda other: (other + 0.1 * torch.randn(
-        other.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1),
-}
-
-
-def calibration_table(preset: str, data_name="synthetic", data_root=None, num: int = 256,
-                      seed: int = 0, protocol: C2STProtocol | None = None, chain=None,
-                      log=print) -> dict:
-    """The two-sample accuracy and motion ratio of real clips against transformed real
-    clips of another seed, at every level (and against `chain`'s samples when given).
-    -> {name: {level: {"c2st", "c2st_std", "motion_ratio", ...}}}."""
-    import data
-    protocol = protocol or C2STProtocol(num_videos=num)
-    table = {name: {} for name in CALIBRATIONS}
-    chain_videos = None
-    if chain is not None:
-        import sample
-        _, chain_videos = sample.generate(chain, num, seed=seed, return_levels=True)
-        table["samples of the trained chain"] = {}
-    for level in range(1, data.num_levels(preset) + 1):
-        real, _ = real_clips(data_name, data_root, preset, level, num, seed)
-        other, _ = real_clips(data_name, data_root, preset, level, num, seed + 1)
-        for name, transform in CALIBRATIONS.items():
-            table[name][level] = quality(real, transform(other), protocol)
-            log(f"level {level}, {name}: c2st {table[name][level]['c2st']:.3f}")
-        if chain_videos is not None and level <= len(chain_videos):
-            table["samples of the trained chain"][level] = quality(real, chain_videos[level - 1], protocol)
-    return table
-
-
-def format_calibration(table: dict) -> str:
-    levels = sorted({level for row in table.values() for level in row})
-    lines = ["| real clips vs | " + " | ".join(f"level {l}: acc. (motion ratio)" for l in levels) + " |",
-             "| --- |" + " --- |" * len(levels)]
-    for name, row in table.items():
-        cells = [f"{row[l]['c2st']:.3f} ± {row[l]['c2st_std']:.3f} ({row[l]['motion_ratio']:.2f})"
-                 if l in row else "–" for l in levels]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------
@@ -1303,43 +1144,30 @@ class VideoFiles(torch.utils.data.Dataset):
 
 
 # ----------------------------------------------------------------------------------
-# The command line.
+# The command line. evaluate.py builds its own from the same pieces
+# (add_real_arguments, add_protocol_arguments, add_common_arguments, protocols,
+# real_source, fvd_scores), so both scripts take the same flags for the same things.
 # ----------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = flags.ArgumentParser(
-        description="Quality of generated videos against real ones: the download-free two-sample "
-                    "test and motion statistics, per level with --per-level; FVD, FID and IS too "
-                    "when I3D weights are given.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def add_real_arguments(parser, chain: bool = False) -> None:
+    """--real, --real-root, --preset, --level: which real clips. `chain`: the script
+    samples a trained chain (evaluate.py), whose preset is the default."""
     real = parser.add_argument_group("real videos")
     real.add_argument("--real", required=True,
-                      help="a dataset of data.py (synthetic, kinetics600, bdd100k, ucf101, "
-                           "folder, cache) or a folder of video files")
+                      help="a dataset of data.py (synthetic, kinetics600, bdd100k, ucf101, folder, "
+                           "cache)" + ("" if chain else " or a folder of video files"))
     real.add_argument("--real-root", default=None, help="the dataset's root folder (data.py's --data-root)")
     real.add_argument("--preset", default=None,
-                      help="data.py shape preset of the real clips (default: the sampled "
-                           "chain's, else --real if it names a preset, else tiny)")
+                      help="data.py shape preset of the real clips (default: "
+                           + ("the chain's, else " if chain else "") + "--real if it names a preset, "
+                           "else tiny)")
     real.add_argument("--level", type=flags.ranged("--level", int, "[1, inf)"), default=None,
                       help=flags.ranged_help("level whose clip shape the real clips take "
                                              "(default: the last)", "[1, inf)"))
-    fake = parser.add_argument_group("generated videos").add_mutually_exclusive_group()
-    fake.add_argument("--fake", default=None, help="a folder of generated video files")
-    fake.add_argument("--runs", default=None,
-                      help="sample from the checkpoints in this folder (level1/ckpt.pt, ...) with sample.py")
-    fake.add_argument("--ckpt", nargs="+", default=None,
-                      help="sample from these checkpoint files (level 1 first) with sample.py")
-    what = parser.add_argument_group("what to measure")
-    what.add_argument("--per-level", action="store_true",
-                      help="with --runs/--ckpt: score every level alone (on real conditions) and "
-                           "in the chain, and motion per quarter at 4x the horizon")
-    what.add_argument("--strips", default=None,
-                      help="with --per-level: write level<l>.png into this folder, real clips beside "
-                           "the level's output on their conditions and in the chain")
-    what.add_argument("--calibrate", action="store_true",
-                      help="the calibration table: real clips vs real clips of another seed, "
-                           "frozen, time-reversed, shuffled, blurred, noisy (and the chain's "
-                           "samples with --runs), at every level of --preset")
+
+
+def add_protocol_arguments(parser) -> None:
+    """One flag per field of C2STProtocol (--c2st-*) and of Protocol (FVD), with its range."""
     c2st_group = parser.add_argument_group("two-sample test protocol (changes the accuracies)")
     protocol = parser.add_argument_group("FVD protocol (changes the scores; with --i3d only)")
     for group, prefix, fields in ((c2st_group, "--c2st-", dataclasses.fields(C2STProtocol)),
@@ -1351,6 +1179,10 @@ def build_parser() -> argparse.ArgumentParser:
             else:
                 group.add_argument(flag, type=flags.ranged(flag, type(f.default), interval, f.metadata["help"]),
                                    default=f.default, help=flags.ranged_help(f.metadata["help"], interval))
+
+
+def add_common_arguments(parser, out: str) -> None:
+    """--i3d, --batch-size, --device, --seed, --workers, the statistics cache and --out."""
     parser.add_argument("--i3d", default=None,
                         help=f"I3D weights file for FVD/FID/IS (default: ${I3D_ENV}; without "
                              "either, only the download-free numbers)")
@@ -1366,7 +1198,29 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where real statistics are cached (default: $XDG_CACHE_HOME/hvg "
                              "or ~/.cache/hvg)")
     parser.add_argument("--no-cache", action="store_true", help="recompute the real statistics")
-    parser.add_argument("--out", default="metrics.json", help="JSON file for the results")
+    parser.add_argument("--out", default=out, help="JSON file for the results")
+
+
+def protocols(args) -> tuple[Protocol, C2STProtocol]:
+    """The FVD and the two-sample protocols the flags ask for."""
+    protocol = Protocol(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Protocol)})
+    c2st_protocol = C2STProtocol(**{f.name: getattr(args, "c2st_" + f.name)
+                                    for f in dataclasses.fields(C2STProtocol)})
+    return protocol, c2st_protocol
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = flags.ArgumentParser(
+        description="Quality of a folder of generated videos against real ones: the download-free "
+                    "two-sample test and motion statistics; FVD, FID and IS too when I3D weights "
+                    "are given. (A trained hierarchy, level by level: evaluate.py.)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_real_arguments(parser)
+    parser.add_argument_group("generated videos").add_argument(
+        "--fake", required=True, help="a folder of generated video files (sample.py --out writes "
+                                      "one; to sample from run folders, use evaluate.py --runs)")
+    add_protocol_arguments(parser)
+    add_common_arguments(parser, out="metrics.json")
     return parser
 
 
@@ -1381,16 +1235,17 @@ def _loader(dataset, count, args, rng=None):
 
 def real_source(args, protocol: Protocol, chain_preset=None, chain_levels=None):
     """The real clips as (batches, spec). spec is a JSON-able description which, with
-    the protocol and the I3D file, keys the statistics cache."""
+    the protocol and the I3D file, keys the statistics cache. `chain_preset` and
+    `chain_levels`: the preset and number of levels of the samples compared with
+    (evaluate.py), the default shape of the real clips."""
     if Path(args.real).is_dir():
         files = VideoFiles(args.real, protocol)
         spec = {"kind": "video-files", "path": str(Path(args.real).resolve()),
                 "files": len(files), "fingerprint": files.fingerprint()}
         return _loader(files, min(len(files), protocol.num_videos), args), spec
-    import data
-    preset = args.preset or chain_preset or (args.real if args.real in data.PRESETS else "tiny")
-    level = args.level or (chain_levels if preset == chain_preset else None) or data.num_levels(preset)
-    dataset = data.make_dataset(args.real, args.real_root, preset, level, seed=args.seed)
+    preset = args.preset or chain_preset or (args.real if args.real in PRESETS else "tiny")
+    level = args.level or (chain_levels if preset == chain_preset else None) or num_levels(preset)
+    dataset = make_dataset(args.real, args.real_root, preset, level, seed=args.seed)
     count = min(len(dataset), protocol.num_videos)
     spec = {"kind": "dataset", "data": args.real,
             "root": str(Path(args.real_root).resolve()) if args.real_root else None,
@@ -1398,31 +1253,11 @@ def real_source(args, protocol: Protocol, chain_preset=None, chain_levels=None):
     return _loader(dataset, count, args, np.random.default_rng(args.seed)), spec
 
 
-def fake_source(args, protocol: Protocol, device):
-    """The generated clips as (batches, spec): a folder of files, or samples drawn
-    chunk by chunk from a chain of checkpoints (sample.py)."""
-    if args.fake is not None:
-        files = VideoFiles(args.fake, protocol)
-        spec = {"kind": "video-files", "path": str(Path(args.fake).resolve()), "files": len(files)}
-        return _loader(files, min(len(files), protocol.num_videos), args), spec
-    import sample
-
-    chain = sample.load_chain(runs=args.runs, ckpts=args.ckpt, device=device)
-
-    def batches():
-        # sample.generate keeps a call's videos in host memory, so draw them a
-        # batch at a time. Chunk c uses its own seed, seed * 1000003 + c: the set
-        # is reproducible, chunks never repeat each other, and no two --seed
-        # values share a chunk (fewer than 1000003 chunks).
-        for chunk, start in enumerate(range(0, protocol.num_videos, args.batch_size)):
-            count = min(args.batch_size, protocol.num_videos - start)
-            videos = sample.generate(chain, count, args.seed * 1000003 + chunk, batch_size=count)
-            yield take_frames(videos, protocol.frames, f"videos sampled from {args.runs or args.ckpt}")
-
-    spec = {"kind": "samples", "checkpoints": [str(Path(p).resolve()) for p in chain.paths],
-            "steps": list(chain.steps), "preset": chain.preset, "levels": len(chain.specs),
-            "seed": args.seed}
-    return batches(), spec
+def fake_source(args, protocol: Protocol):
+    """The generated clips of `--fake FOLDER` as (batches, spec)."""
+    files = VideoFiles(args.fake, protocol)
+    spec = {"kind": "video-files", "path": str(Path(args.fake).resolve()), "files": len(files)}
+    return _loader(files, min(len(files), protocol.num_videos), args), spec
 
 
 def stats_dir(args) -> Path:
@@ -1450,15 +1285,15 @@ def cached_real_statistics(model, args, protocol: Protocol, chain_preset=None,
     return stats, spec
 
 
-def collect_clips(args, protocol: Protocol, c2st_protocol: C2STProtocol, chain=None):
-    """The real and generated clips of a plain comparison, in memory for the
+def collect_clips(args, protocol: Protocol, c2st_protocol: C2STProtocol):
+    """The real and generated clips of `--real` and `--fake FOLDER`, in memory for the
     two-sample test: -> (real (N, 3, T, S, S), fake (M, 3, T, S, S), real spec, fake spec).
 
     How two sets of different shapes become one: video files are centre-cropped to
     a square and read for their first --frames frames (16 by default), at their own
-    size; data.py clips and samples of a chain are taken whole. Then both sets are
-    cut to the shorter length and area-averaged to the smaller size (capped by
-    --c2st-max-frames and --c2st-max-size), and rounded to 8 bits (see `c2st`).
+    size; data.py clips are taken whole. Then both sets are cut to the shorter
+    length and area-averaged to the smaller size (capped by --c2st-max-frames and
+    --c2st-max-size), and rounded to 8 bits (see `c2st`).
     """
     count = c2st_protocol.num_videos
     native = dataclasses.replace(protocol, resize=0, num_videos=count)
@@ -1471,18 +1306,10 @@ def collect_clips(args, protocol: Protocol, c2st_protocol: C2STProtocol, chain=N
         real = from_files(args.real)
         real_spec = {"kind": "video-files", "path": str(Path(args.real).resolve()), "files": len(real)}
     else:
-        batches, real_spec = real_source(args, native, chain.preset if chain else None,
-                                         len(chain.specs) if chain else None)
+        batches, real_spec = real_source(args, native)
         real = [video for videos, _ in batches for video in videos]
-    if args.fake is not None:
-        fake = from_files(args.fake)
-        fake_spec = {"kind": "video-files", "path": str(Path(args.fake).resolve()), "files": len(fake)}
-    else:
-        import sample
-        fake = list(sample.generate(chain, count, seed=args.seed))
-        fake_spec = {"kind": "samples", "checkpoints": [str(Path(p).resolve()) for p in chain.paths],
-                     "steps": list(chain.steps), "preset": chain.preset, "levels": len(chain.specs),
-                     "seed": args.seed}
+    fake = from_files(args.fake)
+    fake_spec = {"kind": "video-files", "path": str(Path(args.fake).resolve()), "files": len(fake)}
     frames, size = common_shape(*(v.shape for v in real + fake), max_frames=c2st_protocol.max_frames,
                                 max_size=c2st_protocol.max_size)
     real = torch.cat([to_shape(v[None], frames, size) for v in real])
@@ -1490,11 +1317,12 @@ def collect_clips(args, protocol: Protocol, c2st_protocol: C2STProtocol, chain=N
     return real, fake, real_spec, fake_spec
 
 
-def fvd_scores(args, protocol: Protocol, device) -> dict:
-    """FVD, FID and IS with the I3D network (the original path; needs the weights)."""
+def fvd_scores(args, protocol: Protocol, device, fake=None) -> dict:
+    """FVD, FID and IS with the I3D network (needs the weights). `fake`: the generated
+    clips as (batches, spec); default the --fake folder (evaluate.py passes samples)."""
     model = load_i3d(args.i3d, device=device)
     print(f"I3D: {model.i3d_path} ({model.i3d_format}) on {device}; {protocol}")
-    fake_batches, fake_spec = fake_source(args, protocol, device)
+    fake_batches, fake_spec = fake or fake_source(args, protocol)
     real, _ = cached_real_statistics(model, args, protocol, fake_spec.get("preset"), fake_spec.get("levels"))
     fake = compute_statistics(model, fake_batches, protocol, args.batch_size, "fake clips")
     result = compare(real, fake)
@@ -1513,65 +1341,30 @@ def fvd_scores(args, protocol: Protocol, device) -> dict:
     return result
 
 
-def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
-    protocol = Protocol(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Protocol)})
-    c2st_protocol = C2STProtocol(**{f.name: getattr(args, "c2st_" + f.name)
-                                    for f in dataclasses.fields(C2STProtocol)})
-    samples = args.runs is not None or args.ckpt is not None
-    if args.per_level and not samples:
-        raise UserError("--per-level scores a trained hierarchy: give its run folder with --runs "
-                        "(e.g. --runs runs/tiny) or its checkpoints with --ckpt")
-    if not (samples or args.fake or args.calibrate):
-        raise UserError("nothing to compare the real clips with: give --fake FOLDER, --runs RUNS "
-                        "or --ckpt FILES (or --calibrate for the calibration table)")
-    if (args.per_level or args.calibrate) and Path(args.real).is_dir():
-        raise UserError(f"--per-level and --calibrate need real clips at every level's shape: give a "
-                        f"data.py dataset (--real synthetic, kinetics600, ...), not the folder {args.real}")
-    from training import resolve_device
-    device = resolve_device(args.device)
-    chain = None
-    if samples:
-        import sample
-        chain = sample.load_chain(runs=args.runs, ckpts=args.ckpt, preset=args.preset, device=device)
-
-    if args.calibrate:
-        preset = args.preset or (chain.preset if chain else "tiny")
-        table = calibration_table(preset, args.real, args.real_root, c2st_protocol.num_videos,
-                                  args.seed, c2st_protocol, chain)
-        print(format_calibration(table))
-        result = {"calibration": {name: {str(level): scores for level, scores in row.items()}
-                                  for name, row in table.items()},
-                  "preset": preset, "c2st_protocol": c2st_protocol.key()}
-    elif args.per_level:
-        print(f"per-level evaluation of {chain.paths[0].parent.parent} ({chain.preset}): "
-              f"{c2st_protocol.num_videos} real and generated clips per comparison, "
-              f"{c2st_protocol.seeds} judge seeds")
-        print(LEVEL_TABLE_HEADER)
-        result = level_table(chain, args.real, args.real_root, c2st_protocol.num_videos, args.seed,
-                             c2st_protocol, strips=args.strips)
-        result["c2st_protocol"] = result.pop("protocol")
-    else:
-        real, fake, real_spec, fake_spec = collect_clips(args, protocol, c2st_protocol, chain)
-        result = quality(real, fake, c2st_protocol)
-        result.update({"num_real": len(real), "num_fake": len(fake), "real": real_spec,
-                       "fake": fake_spec, "c2st_protocol": c2st_protocol.key()})
-        print(f"two-sample accuracy {result['c2st']:.3f} +- {result['c2st_std']:.3f} "
-              f"({c2st_protocol.seeds} seeds; 0.5: the judge cannot tell them apart, 1.0: always can) "
-              f"| motion ratio {result['motion_ratio']:.2f} (generated / real) | "
-              f"{len(fake)} generated vs {len(real)} real clips at {'x'.join(map(str, result['shape']))}")
-        if args.i3d or os.environ.get(I3D_ENV):
-            result.update(fvd_scores(args, protocol, device))
-    out = Path(args.out)
+def write_json(path, result: dict) -> None:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    protocol, c2st_protocol = protocols(args)
+    device = resolve_device(args.device)
+    real, fake, real_spec, fake_spec = collect_clips(args, protocol, c2st_protocol)
+    result = quality(real, fake, c2st_protocol)
+    result.update({"num_real": len(real), "num_fake": len(fake), "real": real_spec,
+                   "fake": fake_spec, "c2st_protocol": c2st_protocol.key()})
+    print(f"two-sample accuracy {result['c2st']:.3f} +- {result['c2st_std']:.3f} "
+          f"({c2st_protocol.seeds} seeds; 0.5: the judge cannot tell them apart, 1.0: always can) "
+          f"| motion ratio {result['motion_ratio']:.2f} (generated / real) | "
+          f"{len(fake)} generated vs {len(real)} real clips at {'x'.join(map(str, result['shape']))}")
+    if args.i3d or os.environ.get(I3D_ENV):
+        result.update(fvd_scores(args, protocol, device))
+    write_json(args.out, result)
     return result
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    flags.run_main(main)

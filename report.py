@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 
 import flags
-from data import UserError, write_image
+from flags import UserError
 from training import load_checkpoint, run_main
+from videos import write_image
 
 # Quality metrics a log line may hold (metrics.py): lower is better for all but "is".
 QUALITY = {"c2st": "C2ST accuracy (0.5: indistinguishable)", "fvd": "FVD", "fid": "FID", "is": "IS"}

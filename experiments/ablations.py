@@ -69,8 +69,8 @@ levels' (levels train one after another). Unlike bench.py's per-step numbers, th
 is a whole run's peak, and malloc may keep freed memory, so on a CPU it reads a
 little high; compare variants with each other, not with bench.py.
 
-How quality is scored (metrics.py, docs/metrics.md), with --clips real clips and
---clips generated videos, --seeds judges:
+How quality is scored (metrics.py and evaluate.py, docs/metrics.md), with --clips
+real clips and --clips generated videos, --seeds judges:
 
   * 1x: `sample.generate` of the finest videos against real clips of the finest
     shape (clips training never drew, metrics.real_clips): the two-sample accuracy
@@ -119,12 +119,13 @@ import torch  # noqa: E402
 
 import bench  # noqa: E402   (its PeakMemory: one way of measuring memory in the project)
 import data  # noqa: E402
+import evaluate  # noqa: E402
 import flags  # noqa: E402
 import level1  # noqa: E402
 import metrics  # noqa: E402
 import sample  # noqa: E402
 import upsample_level  # noqa: E402
-from data import UserError  # noqa: E402
+from flags import UserError  # noqa: E402
 from training import resolve_device, run_main  # noqa: E402
 
 PRESET = "tiny"                 # the built-in data's hierarchy: 8x16x16 -> 16x32x32 -> 32x64x64
@@ -318,7 +319,7 @@ def score(variant: Variant, runs: list[LevelRun], args) -> dict:
     for index, spec in enumerate(chain.specs[1:], start=1):
         level_real, labels = metrics.real_clips("synthetic", None, PRESET, spec.level, args.clips, args.seed)
         condition = data.down(level_real, spec.time_factor, spec.space_factor)
-        alone = metrics.upsample_real(chain, index, condition, labels, args.seed)
+        alone = evaluate.upsample_real(chain, index, condition, labels, args.seed)
         condition_errors.append(upsample_level.condition_error(alone, condition, spec))
 
     return {

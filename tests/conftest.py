@@ -24,6 +24,11 @@ torch.set_num_threads(1)
 def pytest_configure(config):
     # tests/test_cuda.py: `python -m pytest -m cuda -q` runs only them (on a CUDA machine).
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped, with the reason, without one)")
+    # The hardening catalogue: bad input, kills, full disks, corrupt files (tests/test_failures.py,
+    # tests/test_flags.py and the error cases of the other files). `python -m pytest -m robustness`
+    # runs only them; `python -m pytest -m "not robustness"` runs the method's tests.
+    config.addinivalue_line("markers", "robustness: checks the handling of bad input, kills and "
+                                       "full disks rather than the method")
 
 
 def run_script(main, argv):

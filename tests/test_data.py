@@ -1,5 +1,5 @@
-"""What data.py guarantees: the level pyramid, partial views, the synthetic dataset,
-real video files, the decode-once cache and reproducible loaders.
+"""What data.py (and videos.py below it) guarantees: the level pyramid, partial views,
+the synthetic dataset, real video files, the decode-once cache and reproducible loaders.
 
 Run: python -m pytest -q tests/test_data.py
 """
@@ -11,8 +11,10 @@ import pytest
 import torch
 
 import data
+import flags
 from data import (PRESETS, LevelDataset, UserError, down, level_example, level_spec,
                   make_dataset, make_loader, pad_condition)
+from videos import contact_sheet, to_uint8, video_grid, write_video
 
 
 # ---------------------------------------------------------------- presets and pyramid
@@ -80,6 +82,7 @@ def test_level_example_spatial_crop_matches_condition():
     assert level_example(video[:, :8, :16, :16], "tiny", 1)["target"].shape == (3, 8, 16, 16)
 
 
+@pytest.mark.robustness
 def test_level_example_rejects_bad_crops():
     video = torch.rand(3, 16, 32, 32)
     with pytest.raises(UserError, match="crop_frames=7"):
@@ -216,24 +219,24 @@ def test_write_video_mp4_and_gif(tmp_path):
     import imageio.v2 as imageio
 
     video = make_dataset("synthetic", None, "tiny", 1)[0][0]
-    data.write_video(tmp_path / "a" / "clip.mp4", video)
-    data.write_video(tmp_path / "clip.gif", video)
+    write_video(tmp_path / "a" / "clip.mp4", video)
+    write_video(tmp_path / "clip.gif", video)
     frames = imageio.mimread(tmp_path / "a" / "clip.mp4")
     assert len(frames) == 8 and frames[0].shape == (64, 64, 3)  # 16 px upscaled to 64
     assert len(imageio.mimread(tmp_path / "clip.gif")) == 8
     with pytest.raises(UserError, match="clip.avi"):
-        data.write_video(tmp_path / "clip.avi", video)
+        write_video(tmp_path / "clip.avi", video)
 
 
 def test_grid_and_contact_sheet():
     videos = torch.rand(5, 3, 4, 8, 8) * 2 - 1
-    grid = data.video_grid(videos, nrow=3, pad=1)
+    grid = video_grid(videos, nrow=3, pad=1)
     assert grid.shape == (3, 4, 2 * 9 + 1, 3 * 9 + 1)
     assert torch.equal(grid[:, :, 1:9, 10:18], videos[1])
-    sheet = data.contact_sheet([videos[0], torch.rand(3, 2, 16, 16)], size=16)
+    sheet = contact_sheet([videos[0], torch.rand(3, 2, 16, 16)], size=16)
     assert sheet.dtype == np.uint8 and sheet.shape[0] == 2 * (16 + 2) and sheet.shape[2] == 3
-    assert (data.to_uint8(torch.full((3, 1, 2, 2), -1.0)) == 0).all()
-    assert (data.to_uint8(torch.ones(3, 1, 2, 2)) == 255).all()
+    assert (to_uint8(torch.full((3, 1, 2, 2), -1.0)) == 0).all()
+    assert (to_uint8(torch.ones(3, 1, 2, 2)) == 255).all()
 
 
 # ---------------------------------------------------------------- real video files
@@ -318,6 +321,7 @@ def test_flat_layout_is_unlabelled_and_uses_the_dataset_stride(tmp_path):
     assert torch.allclose(steps, torch.full_like(steps, 12.0), atol=2.5), steps
 
 
+@pytest.mark.robustness
 @pytest.mark.parametrize("case", ["none", "missing", "file", "empty", "no videos"])
 def test_kinetics_without_videos_is_a_user_error(tmp_path, case):
     root = {"none": None, "missing": tmp_path / "nope", "file": tmp_path / "f.txt",
@@ -335,6 +339,7 @@ def test_kinetics_without_videos_is_a_user_error(tmp_path, case):
     assert "synthetic" in message or "Kinetics-600" in message
 
 
+@pytest.mark.robustness
 def test_no_usable_video_is_a_user_error(tmp_path):
     write_test_video(tmp_path / "a.mp4", 5)
     (tmp_path / "b.webm").write_bytes(b"junk")
@@ -415,8 +420,9 @@ def test_preview_of_real_videos(tmp_path):
     assert len(list((tmp_path / "preview").rglob("*.mp4"))) == 3
 
 
+@pytest.mark.robustness
 def test_command_line_errors_exit_2(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        data.main(["preview", "--data", "kinetics600", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:     # as `python data.py preview ...` runs it
+        flags.run_main(data.main, ["preview", "--data", "kinetics600", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("error: no --data-root given")

@@ -158,6 +158,7 @@ def test_the_global_batch_is_split_across_ranks():
     assert per_rank_batch(16, 8) == 2
 
 
+@pytest.mark.robustness
 def test_a_batch_that_does_not_divide_among_the_ranks_is_a_clear_error():
     with pytest.raises(UserError) as error:
         per_rank_batch(6, 4)

@@ -38,9 +38,12 @@ import data
 import level1
 import training
 import upsample_level
+import videos
 from conftest import ROOT, run_script
 from data import UserError, make_dataset
 from training import load_checkpoint, save_checkpoint
+
+pytestmark = pytest.mark.robustness   # the hardening catalogue: pytest -m robustness
 
 # A level-1 run of the tiny preset small enough for a few tenths of a second a step.
 SMALL = ["--g-ch", "8", "--d-ch", "8", "--z-dim", "16", "--batch-size", "4",
@@ -222,7 +225,7 @@ def _refuse_reading(monkeypatch, module, name):
 def test_unreadable_video_is_skipped_as_a_permission_problem(tmp_path, monkeypatch):
     for name in ("a.mp4", "locked.mp4"):
         write_video_file(tmp_path / name, grey_frames(36))
-    _refuse_reading(monkeypatch, data, "locked.mp4")
+    _refuse_reading(monkeypatch, videos, "locked.mp4")
     dataset, messages = built_with_warnings("folder", tmp_path, "tiny", 1)
     assert [p.name for p in dataset.videos] == ["a.mp4"]
     assert len(messages) == 1
@@ -246,14 +249,14 @@ def test_video_that_becomes_unreadable_during_training_is_replaced_and_reported_
     for name in ("a.mp4", "b.mp4"):
         write_video_file(tmp_path / name, grey_frames(36))
     dataset = make_dataset("folder", tmp_path, "tiny", 1)
-    real_read = data.read_frames
+    real_read = videos.read_frames
 
     def read_frames(path, *args, **kwargs):
         if path.name == "a.mp4":
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_read(path, *args, **kwargs)
 
-    monkeypatch.setattr(data, "read_frames", read_frames)
+    monkeypatch.setattr(videos, "read_frames", read_frames)
     with pytest.warns(UserWarning, match=r"could not read .*a\.mp4 \(PermissionError"):
         video, _ = dataset.load(0, np.random.default_rng(0))
     assert video.shape == (3, 8, 16, 16)                   # b.mp4 stood in for it
@@ -331,7 +334,7 @@ def make_cache(root, preset="tiny", clips=2, shard_shape=None):
     root.mkdir(parents=True)
     shape = shard_shape or (clips, finest.frames, finest.size, finest.size, 3)
     np.save(root / "shard_00000.npy", np.random.default_rng(0).integers(0, 255, shape, np.uint8))
-    index = dict(format=data.CACHE_FORMAT, preset=preset, frames=finest.frames, size=finest.size,
+    index = dict(format=videos.CACHE_FORMAT, preset=preset, frames=finest.frames, size=finest.size,
                  frame_stride=1, source="folder", data_root="videos", class_names=[],
                  labels=[-1] * clips, shards=[{"file": "shard_00000.npy", "clips": clips}])
     (root / "index.json").write_text(json.dumps(index))

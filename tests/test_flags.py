@@ -1,7 +1,8 @@
 """Every numeric flag of every script refuses nonsense at once, in one line.
 
 Each flag declares its valid range where it is declared (`option(..., range=...)`
-on a config dataclass, or `flags.ranged(...)` in data.py and bench.py), and the
+on a config dataclass, or `flags.ranged(...)` in data.py, metrics.py, evaluate.py
+and bench.py), and the
 parser checks it before any data or model is built. The main test here reads the
 flags from the scripts' own parsers, so a flag added later is tried too without
 editing this file, and gives each of them 0, -1, nan, inf and a huge value. Every
@@ -24,6 +25,7 @@ import pytest
 
 import bench
 import data
+import evaluate
 import flags
 import level1
 import metrics
@@ -34,6 +36,8 @@ from training import build_parser, parse_config, run_main
 
 sys.path.insert(0, str(ROOT / "experiments"))
 import ablations  # noqa: E402
+
+pytestmark = pytest.mark.robustness   # the hardening catalogue: pytest -m robustness
 
 
 def subcommand(parser, name):
@@ -48,6 +52,10 @@ def bench_parse(argv):
 
 def metrics_parse(argv):
     metrics.build_parser().parse_args(argv)
+
+
+def evaluate_parse(argv):
+    evaluate.build_parser().parse_args(argv)
 
 
 def data_parse(argv):
@@ -68,7 +76,8 @@ SCRIPTS = [
     ("data.py preview", lambda: subcommand(data.build_parser(), "preview"), data_parse,
      ["preview", "--out", "preview"]),
     ("bench.py", bench.build_parser, bench_parse, []),
-    ("metrics.py", metrics.build_parser, metrics_parse, ["--real", "synthetic", "--runs", "runs"]),
+    ("metrics.py", metrics.build_parser, metrics_parse, ["--real", "synthetic", "--fake", "samples"]),
+    ("evaluate.py", evaluate.build_parser, evaluate_parse, ["--real", "synthetic", "--runs", "runs"]),
     ("experiments/ablations.py", ablations.build_parser, ablations.parse_args, []),
 ]
 
@@ -201,6 +210,27 @@ def test_flag_combinations_are_refused_before_anything_is_written(tmp_path, caps
         code, err = attempt(main, argv + out, capsys)
         assert code == 2 and err.strip() == "error: " + message, (argv, err)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["data.py", "preview", "--num", "0", "--out", "x"], "error: --num 0: must be a whole number"),
+    (["data.py", "preview", "--data", "kinetics600", "--out", "x"], "error: no --data-root given"),
+    (["metrics.py", "--real", "synthetic", "--fake", "samples", "--c2st-seeds", "0"],
+     "error: --c2st-seeds 0: must be a whole number"),
+    (["metrics.py", "--real", "synthetic"], "error: the following arguments are required: --fake"),
+    (["evaluate.py", "--real", "synthetic"], "error: nothing to evaluate: give the trained"),
+    (["evaluate.py", "--real", "synthetic", "--runs", "runs", "--num-videos", "1"],
+     "error: --num-videos 1: must be a whole number in [2, inf)"),
+], ids=lambda value: " ".join(value[:2]) if isinstance(value, list) else None)
+def test_data_metrics_and_evaluate_end_a_mistake_the_same_way(argv, message, tmp_path):
+    """The scripts that are not training scripts parse and report like them: one
+    `error:` line, exit 2, no traceback, nothing written (flags.run_main)."""
+    result = subprocess.run([sys.executable, str(ROOT / argv[0]), *argv[1:]], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "HVG_I3D": ""})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(message) and len(result.stderr.splitlines()) == 1, result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_command_line_prints_only_the_error_line():

@@ -97,6 +97,7 @@ def test_resuming_gives_the_same_weights_as_not_stopping(tmp_path, small_level1_
     assert any(not torch.equal(halfway[k], a[k]) for k in a)
 
 
+@pytest.mark.robustness
 def test_kinetics_without_a_data_root_is_a_clear_error(tmp_path, capsys, small_level1_args):
     code = run_script(level1.main, small_level1_args + ["--data", "kinetics600", "--out", str(tmp_path)])
     assert code == 2

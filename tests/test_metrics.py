@@ -175,6 +175,7 @@ def test_torchscript_i3d_loads_and_gives_logits_only(tmp_path):
         metrics.i3d_features(model, videos, SMALL)
 
 
+@pytest.mark.robustness
 def test_without_weights_the_error_says_what_to_get(monkeypatch, tmp_path, i3d_file):
     monkeypatch.delenv("HVG_I3D", raising=False)
     with pytest.raises(UserError) as error:
@@ -283,6 +284,7 @@ def test_fvd_grows_as_fakes_get_more_different(i3d, real_set, worse, levels):
     assert all(a < b for a, b in zip(scores, scores[1:])), scores
 
 
+@pytest.mark.robustness
 def test_fvd_refuses_clips_shorter_than_the_protocol(i3d):
     short = moving_videos(2, frames=8)
     with pytest.raises(UserError, match="--frames 8"):
@@ -421,11 +423,14 @@ def test_command_line_scores_a_folder_and_caches_real_statistics(tmp_path, i3d_f
     assert key["real"]["kind"] == "video-files" and key["real"]["files"] == 4
 
 
-def test_command_line_samples_from_checkpoints_against_a_data_py_dataset(tmp_path, i3d_file,
-                                                                         monkeypatch):
-    # --real synthetic: clips of data.py's procedural dataset, at the chain's preset
-    # (tiny) and --level 1. --runs goes through sample.load_chain and sample.generate;
-    # a stand-in sample module records the calls (tests/test_sample.py covers the real one).
+def test_evaluate_scores_the_chains_samples_against_a_data_py_dataset(tmp_path, i3d_file,
+                                                                     monkeypatch):
+    # evaluate.py --runs with I3D weights: FVD of the chain's samples against clips of
+    # data.py's procedural dataset, at the chain's preset (tiny) and --level 1. --runs
+    # goes through sample.load_chain and sample.generate; a stand-in sample module
+    # records the calls (tests/test_sample.py covers the real one), and the per-level
+    # table (tests/test_quality.py) is left out.
+    import evaluate
     calls = []
 
     class Chain:
@@ -436,23 +441,22 @@ def test_command_line_samples_from_checkpoints_against_a_data_py_dataset(tmp_pat
         return Chain()
 
     def generate(chain, num, seed, batch_size=8):
-        if batch_size == 8:             # the two-sample test's clips (one call, no chunks)
-            return moving_videos(num, frames=12, size=16, seed=seed)
         calls.append((num, seed))
         return moving_videos(num, frames=12, size=16, seed=seed)     # longer than scored
 
-    monkeypatch.setitem(sys.modules, "sample", type(sys)("sample"))
-    monkeypatch.setattr(sys.modules["sample"], "load_chain", load_chain, raising=False)
-    monkeypatch.setattr(sys.modules["sample"], "generate", generate, raising=False)
-    args = cli_args(tmp_path, i3d_file, "synthetic", "unused", "--level", "1", "--batch-size", "3")
+    stand_in = type(sys)("sample")
+    stand_in.load_chain, stand_in.generate = load_chain, generate
+    monkeypatch.setattr(evaluate, "sample", stand_in)
+    monkeypatch.setattr(evaluate, "level_table", lambda *args, **kwargs: {"levels": [], "protocol": {}})
+    args = cli_args(tmp_path, i3d_file, "synthetic", "unused", "--level", "1", "--batch-size", "3",
+                    "--out", str(tmp_path / "evaluation.json"))
     args[args.index("--fake"):args.index("--fake") + 2] = ["--runs", str(tmp_path / "runs")]
-    result = metrics.main(args)
+    result = evaluate.main(args)
     # 4 videos in chunks of --batch-size 3, each chunk with its own seed.
     assert [num for num, _ in calls] == [3, 1] and len({seed for _, seed in calls}) == 2
-    assert result["num_fake"] == 4 and result["fake"]["kind"] == "samples"
-    assert result["real"]["kind"] == "dataset" and result["num_real"] == 4
-    assert result["real"]["preset"] == "tiny" and result["real"]["level"] == 1
-    assert result["fvd"] > 0
+    assert result["num_fake"] == 4 and result["num_real"] == 4
+    assert result["fvd"] > 0 and result["i3d"]["format"] == "state_dict"
+    assert json.loads((tmp_path / "evaluation.json").read_text())["fvd"] == pytest.approx(result["fvd"])
 
 
 def test_eval_every_logs_fvd_and_keeps_the_best_checkpoint(i3d_file, tmp_path):

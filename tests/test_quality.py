@@ -1,5 +1,5 @@
-"""Quality without downloads (metrics.py): the classifier two-sample test, motion
-statistics and the per-level evaluation of a hierarchy.
+"""Quality without downloads: the classifier two-sample test and motion statistics
+(metrics.py), and the per-level evaluation of a hierarchy (evaluate.py).
 
 What each test shows a reader:
   * the two-sample test reads ~0.5 for two independent sets of real clips and ~1.0
@@ -9,7 +9,8 @@ What each test shows a reader:
     that stops moving;
   * the per-level evaluation feeds an upsampling level down() of exactly the real
     clips it then compares the output with;
-  * the command line writes its JSON with no I3D file anywhere;
+  * metrics.py's command line writes its JSON with no I3D file anywhere, and
+    evaluate.py's asks for a trained hierarchy (or --calibrate) before any work;
   * `--eval-every` logs the two-sample accuracy and keeps ckpt_best.pt by it.
 """
 
@@ -20,9 +21,11 @@ import pytest
 import torch
 
 import data
+import evaluate
 import metrics
 import sample
 from data import down, level_spec, make_dataset
+from videos import write_video
 
 SMALL = metrics.C2STProtocol(num_videos=16, seeds=1, epochs=2)
 
@@ -58,7 +61,7 @@ def test_real_against_frozen_copies_is_plainly_different(level1_sets):
 
 def test_the_test_is_deterministic_for_a_seed(level1_sets):
     real, other = level1_sets
-    blurred = metrics._blur(other)
+    blurred = evaluate._blur(other)
     first = metrics.two_sample_accuracy(real[:32], blurred[:32], seed=3, epochs=2)
     again = metrics.two_sample_accuracy(real[:32], blurred[:32], seed=3, epochs=2)
     assert first == again
@@ -153,10 +156,11 @@ def test_per_level_evaluation_feeds_each_level_down_of_the_clips_it_is_compared_
     chain = sample.Chain("tiny", specs, generators, ["a", "b", "c"], [0, 0, 0], 0, torch.device("cpu"))
     compared = []
     real_quality = metrics.quality
-    monkeypatch.setattr(metrics, "quality", lambda real, fake, protocol=None: (
+    monkeypatch.setattr(evaluate, "quality", lambda real, fake, protocol=None: (
         compared.append((real, fake)) or real_quality(real, fake, protocol)))
-    table = metrics.level_table(chain, num=8, protocol=metrics.C2STProtocol(num_videos=8, seeds=1, epochs=1),
-                                log=lambda line: None, strips=tmp_path)
+    table = evaluate.level_table(chain, num=8,
+                                 protocol=metrics.C2STProtocol(num_videos=8, seeds=1, epochs=1),
+                                 log=lambda line: None, strips=tmp_path)
     rows = table["levels"]
     assert [row["level"] for row in rows] == [1, 2, 3] and "real_condition" not in rows[0]
     # Calls: level 1 (chain); level 2 (chain, alone); level 3 (chain, alone).
@@ -185,7 +189,7 @@ def test_command_line_writes_the_download_free_numbers_without_any_i3d_file(tmp_
     # Generated clips as files, at another size than the real level-2 clips (16x32x32):
     # frozen level-3 clips of 64 px, which the test brings down to 32 px.
     for i, video in enumerate(synthetic(3, 7, 8)):
-        data.write_video(folder / f"clip_{i}.mp4", video[:, :1].expand(-1, 16, -1, -1), fps=8)
+        write_video(folder / f"clip_{i}.mp4", video[:, :1].expand(-1, 16, -1, -1), fps=8)
     out = tmp_path / "m.json"
     result = metrics.main(["--real", "synthetic", "--level", "2", "--fake", str(folder),
                            "--c2st-num-videos", "8", "--c2st-seeds", "2", "--c2st-epochs", "1",
@@ -199,11 +203,13 @@ def test_command_line_writes_the_download_free_numbers_without_any_i3d_file(tmp_
     assert written["c2st_protocol"]["seeds"] == 2 and "fvd" not in written
 
 
-def test_per_level_needs_a_trained_hierarchy(tmp_path):
-    from data import UserError
+@pytest.mark.robustness
+def test_evaluate_needs_a_trained_hierarchy_or_calibrate(tmp_path):
+    from flags import UserError
     with pytest.raises(UserError, match="--runs"):
-        metrics.main(["--real", "synthetic", "--fake", str(tmp_path), "--per-level",
-                      "--out", str(tmp_path / "m.json")])
+        evaluate.main(["--real", "synthetic", "--out", str(tmp_path / "m.json")])
+    with pytest.raises(UserError, match="not the folder"):       # every level's shape: a dataset
+        evaluate.main(["--real", str(tmp_path), "--calibrate", "--out", str(tmp_path / "m.json")])
 
 
 def test_eval_every_logs_the_two_sample_accuracy_and_keeps_the_best_checkpoint(tmp_path, monkeypatch):

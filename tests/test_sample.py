@@ -276,6 +276,7 @@ def test_class_conditional_chain(tmp_path):
         sample.generate(chain, 1, label=3)
 
 
+@pytest.mark.robustness
 def test_class_on_an_unconditional_chain_is_an_error(tiny_chain):
     with pytest.raises(UserError, match="not class-conditional"):
         sample.generate(tiny_chain, 1, label=0)
@@ -290,6 +291,7 @@ def loose_ckpts(tiny_runs, tmp_path_factory):
     return [tiny_runs / f"level{level}" / "ckpt.pt" for level in (1, 2, 3)] + [other]
 
 
+@pytest.mark.robustness
 def test_missing_level_names_the_command_that_trains_it(tmp_path):
     runs = tmp_path / "myruns"
     write_runs(runs, "tiny", levels=2)
@@ -365,6 +367,7 @@ def test_command_line_writes_the_files_it_prints(tiny_runs, tmp_path, capsys):
     assert sheet.shape[0] == 3 * (64 + 2)                          # one row per level, at 64 px
 
 
+@pytest.mark.robustness
 def test_command_line_class_alias_and_errors(tiny_runs, tmp_path, capsys):
     assert sample.parse_args(["--class", "2"]).label == 2
     assert sample.parse_args(["--ckpt", "a", "b"]).ckpt == ["a", "b"]

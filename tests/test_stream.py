@@ -23,6 +23,7 @@ import sample
 from data import UserError
 from test_sample import StandIn, make_generator, tiny_chain, tiny_runs  # noqa: F401 (shared fixtures)
 from training import checkpoint_state, save_checkpoint
+from videos import write_video
 
 
 class LiveBytes(TorchDispatchMode):
@@ -177,7 +178,7 @@ def clip(tmp_path_factory):
     videos = data.SyntheticVideos(frames=20, size=48, frame_time=1.0, seed=3)
     video = videos[0][0][:, :, 6:42]                               # (3, 20, 36, 48)
     path = tmp_path_factory.mktemp("clip") / "clip.mp4"
-    data.write_video(path, video, fps=4)
+    write_video(path, video, fps=4)
     return path
 
 
@@ -213,6 +214,7 @@ def test_input_is_centre_cropped_and_area_resized():
     assert video[0, 0, 0].tolist() == [[-1.0, 1.0], [1.0, 1.0]]
 
 
+@pytest.mark.robustness
 def test_input_errors(tiny_runs, clip, tmp_path):
     runs = ["--runs", str(tiny_runs), "--out", str(tmp_path / "out"), "--no-progress"]
     bad = tmp_path / "bad.mp4"
@@ -220,7 +222,7 @@ def test_input_errors(tiny_runs, clip, tmp_path):
     with pytest.raises(UserError, match=r"could not be decoded \(.*Invalid data"):
         sample.main(runs + ["--input", str(bad)])
     short = tmp_path / "short.mp4"
-    data.write_video(short, torch.zeros(3, 3, 16, 16), fps=4)
+    write_video(short, torch.zeros(3, 3, 16, 16), fps=4)
     with pytest.raises(UserError, match=r"has 3 frame\(s\); the first upsampling level needs at least 4"):
         sample.main(runs + ["--input", str(short)])
     with pytest.raises(UserError, match=r"no such file"):

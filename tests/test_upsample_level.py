@@ -143,6 +143,7 @@ def test_resuming_gives_the_same_weights_as_not_stopping(tmp_path, small_upsampl
             torch.testing.assert_close(a[name][key], b[name][key], msg=f"{name}.{key}")
 
 
+@pytest.mark.robustness
 def test_a_level2_checkpoint_given_to_level3_is_a_clear_error(tmp_path, capsys, small_upsample_args):
     out = tmp_path / "level2"
     assert run_script(up.main, small_upsample_args + ["--steps", "1", "--out", str(out)]) == 0
@@ -151,6 +152,7 @@ def test_a_level2_checkpoint_given_to_level3_is_a_clear_error(tmp_path, capsys, 
     assert "is of level 2, but level 3 was asked for" in capsys.readouterr().err
 
 
+@pytest.mark.robustness
 def test_a_checkpoint_of_another_preset_is_a_clear_error(tmp_path, capsys, small_upsample_args):
     out = tmp_path / "level2"
     assert run_script(up.main, small_upsample_args + ["--steps", "1", "--out", str(out)]) == 0
@@ -159,6 +161,7 @@ def test_a_checkpoint_of_another_preset_is_a_clear_error(tmp_path, capsys, small
     assert "--preset tiny" in capsys.readouterr().err
 
 
+@pytest.mark.robustness
 @pytest.mark.parametrize("flags,message", [
     (["--level", "1"], "level 1 is trained by `python level1.py`"),
     (["--level", "4"], "has only 3 levels"),
