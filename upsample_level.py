@@ -89,8 +89,10 @@ class UpsampleConfig(TrainConfig):
     matching_weight: float = option(1.0, "weight of the matching discriminator's loss", "[0, inf)",
                                     zero_means="D_M has no effect (--no-matching does not even build it)")
     # Model.
-    padding: str = option("zeros", "how G's convolutions pad frame borders: zeros, or replicate "
-                                   "(edge pixels repeated: crop borders look like content)",
+    padding: str = option("replicate", "how G's convolutions pad frame borders: replicate (edge "
+                                       "pixels repeated, so a border looks like content running "
+                                       "on) or zeros (the generator can tell where the border is, "
+                                       "and draws lines along it)",
                           choices=["zeros", "replicate"])
     encoder_blocks: int = option(1, "3-D residual blocks that read the condition (each adds 2 "
                                     "condition frames of temporal receptive field)", "[0, inf)",
@@ -146,7 +148,7 @@ class EncoderBlock3d(nn.Module):
     by 2 condition frames (1 per convolution, on each side).
     """
 
-    def __init__(self, channels: int, cond_dim: int, padding_mode: str = "zeros"):
+    def __init__(self, channels: int, cond_dim: int, padding_mode: str = "replicate"):
         super().__init__()
         self.bn_a = ConditionalBatchNorm(channels, cond_dim)
         self.conv_a = sn_conv3d(channels, channels, 3, padding=1, padding_mode=padding_mode)
@@ -202,7 +204,7 @@ class UpsampleGenerator(nn.Module):
 
         R = max(2 * encoder_blocks, 1)
 
-    Zero padding only reaches frames within R of a window's edge, so when the
+    Padding only reaches frames within R of a window's edge, so when the
     context K >= R the output is exactly what running the whole video at once
     gives: the property windowed sampling relies on (tested in tests/).
     Noise: z enters every block through conditional batch norm (BigGAN); there is
@@ -210,7 +212,7 @@ class UpsampleGenerator(nn.Module):
     """
 
     def __init__(self, time_factor: int, space_factor: int, z_dim: int = 64, ch: int = 32,
-                 encoder_blocks: int = 1, num_classes: int = 0, padding_mode: str = "zeros"):
+                 encoder_blocks: int = 1, num_classes: int = 0, padding_mode: str = "replicate"):
         super().__init__()
         self.time_factor, self.space_factor = time_factor, space_factor
         self.z_dim, self.num_classes, self.encoder_blocks = z_dim, num_classes, encoder_blocks
@@ -221,10 +223,14 @@ class UpsampleGenerator(nn.Module):
         enc_ch = ch * 2**ups
         self.embed = nn.Embedding(num_classes, z_dim) if num_classes else None
         cond_dim = 2 * z_dim if num_classes else z_dim
-        # padding_mode="replicate": a border pixel is padded with its own value, so a
-        # crop's edge (which training sees everywhere, spatial crops being small) looks
-        # like content running on, not like a black frame; the generator then has no
-        # border to learn, and none to draw at the whole frame's left and right edges.
+        # padding_mode="replicate" (the default): a border pixel is padded with its own
+        # value, so a crop's edge (which training sees everywhere, level 3's spatial
+        # crops being half a frame wide) looks like content running on, not like a
+        # black frame. With zero padding the generator could tell where the border
+        # is, and it drew lines and boxes along it, at crop borders in training and
+        # at the whole frame's edges when sampling. With replicate padding a
+        # spatially uniform input gives a spatially uniform output: nothing in the
+        # network marks the border (tests/test_quality_causes.py).
         pad = dict(padding_mode=padding_mode)
         self.stem = sn_conv3d(3, enc_ch, (1, 3, 3), padding=(0, 1, 1), **pad)
         self.encoder = nn.ModuleList(EncoderBlock3d(enc_ch, cond_dim, padding_mode)

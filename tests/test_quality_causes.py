@@ -34,3 +34,19 @@ def test_the_upsampler_can_correct_saturated_colours_as_easily_as_grey():
     gain = generator.detail_gain.item()
     for colour, step in steps.items():
         assert abs(step - gain) < 1e-3 * max(gain, 1e-3) + 1e-4, (colour, step, gain)
+
+
+def test_nothing_in_the_upsampler_marks_the_frame_border():
+    # Level 3 trains on 32-pixel crops of 64-pixel frames and samples whole frames.
+    # With zero padding every convolution sees black beyond the edge, so the
+    # generator can tell where a border is, and it drew lines along crop borders and
+    # stripes at the left and right of sampled frames. With replicate padding a
+    # spatially uniform condition (any colour, any noise) gives a spatially uniform
+    # output: the border columns are the centre columns, exactly.
+    torch.manual_seed(0)
+    generator = up.UpsampleGenerator(time_factor=2, space_factor=2, z_dim=8, ch=4).eval()
+    condition = torch.rand(2, 3, 4, 1, 1).mul(1.6).sub(0.8).expand(2, 3, 4, 8, 8)   # flat frames
+    with torch.no_grad():
+        out = generator(condition, torch.randn(2, 8), context=1)         # (2, 3, 4, 16, 16)
+    centre = out[..., 8:9, 8:9]
+    assert (out - centre).abs().max() < 1e-5
