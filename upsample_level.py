@@ -98,8 +98,10 @@ class UpsampleConfig(TrainConfig):
     matching_weight: float = option(1.0, "weight of the matching discriminator's loss", "[0, inf)",
                                     zero_means="D_M has no effect (--no-matching does not even build it)")
     # Model.
-    padding: str = option("zeros", "how G's convolutions pad frame borders: zeros, or replicate "
-                                   "(edge pixels repeated: crop borders look like content)",
+    padding: str = option("replicate", "how G's convolutions pad frame borders: replicate (edge "
+                                       "pixels repeated, so a border looks like content running "
+                                       "on) or zeros (the generator can tell where the border is, "
+                                       "and draws lines along it)",
                           choices=["zeros", "replicate"])
     encoder_blocks: int = option(1, "3-D residual blocks that read the condition (each adds 2 "
                                     "condition frames of temporal receptive field)", "[0, inf)",
@@ -155,7 +157,7 @@ class EncoderBlock3d(nn.Module):
     by 2 condition frames (1 per convolution, on each side).
     """
 
-    def __init__(self, channels: int, cond_dim: int, padding_mode: str = "zeros"):
+    def __init__(self, channels: int, cond_dim: int, padding_mode: str = "replicate"):
         super().__init__()
         self.bn_a = ConditionalBatchNorm(channels, cond_dim)
         self.conv_a = sn_conv3d(channels, channels, 3, padding=1, padding_mode=padding_mode)
@@ -211,7 +213,7 @@ class UpsampleGenerator(nn.Module):
 
         R = max(2 * encoder_blocks, 1)
 
-    Zero padding only reaches frames within R of a window's edge, so when the
+    Padding only reaches frames within R of a window's edge, so when the
     context K >= R the output is exactly what running the whole video at once
     gives: the property windowed sampling relies on (tested in tests/).
     Noise: z enters every block through conditional batch norm (BigGAN); there is
@@ -221,7 +223,7 @@ class UpsampleGenerator(nn.Module):
     """
 
     def __init__(self, time_factor: int, space_factor: int, z_dim: int = 64, ch: int = 16,
-                 encoder_blocks: int = 1, num_classes: int = 0, padding_mode: str = "zeros"):
+                 encoder_blocks: int = 1, num_classes: int = 0, padding_mode: str = "replicate"):
         super().__init__()
         self.time_factor, self.space_factor = time_factor, space_factor
         self.z_dim, self.num_classes, self.encoder_blocks = z_dim, num_classes, encoder_blocks
@@ -232,10 +234,14 @@ class UpsampleGenerator(nn.Module):
         enc_ch = ch * 2**ups
         self.embed = nn.Embedding(num_classes, z_dim) if num_classes else None
         cond_dim = 2 * z_dim if num_classes else z_dim
-        # padding_mode="replicate": a border pixel is padded with its own value, so a
-        # crop's edge (which training sees everywhere, spatial crops being small) looks
-        # like content running on, not like a black frame; the generator then has no
-        # border to learn, and none to draw at the whole frame's left and right edges.
+        # padding_mode="replicate" (the default): a border pixel is padded with its own
+        # value, so a crop's edge (which training sees everywhere, level 3's spatial
+        # crops being half a frame wide) looks like content running on, not like a
+        # black frame. With zero padding the generator could tell where the border
+        # is, and it drew lines and boxes along it, at crop borders in training and
+        # at the whole frame's edges when sampling. With replicate padding a
+        # spatially uniform input gives a spatially uniform output: nothing in the
+        # network marks the border (tests/test_quality_causes.py).
         pad = dict(padding_mode=padding_mode)
         self.stem = sn_conv3d(3, enc_ch, (1, 3, 3), padding=(0, 1, 1), **pad)
         self.encoder = nn.ModuleList(EncoderBlock3d(enc_ch, cond_dim, padding_mode)
@@ -281,11 +287,19 @@ class UpsampleGenerator(nn.Module):
             x = block(x, frame_cond)                             # (B*T, C/2, 2h, 2w)
         detail = self.to_rgb(F.relu(self.out_bn(x)))             # (B*T, 3, H, W)
         detail = detail.view(b, frames, 3, *detail.shape[-2:]).transpose(1, 2)   # (B, 3, T, H, W)
-        # Output = tanh(atanh(base) + gain * detail): the base is the interpolated
+        # Output = clamp(base + gain * detail, -1, 1): the base is the interpolated
         # condition (it needs frame j+1, so it is cut after interpolation).
+        # The detail is added in pixel space, so one unit of it moves a pixel by
+        # `gain` whatever the pixel's colour: d output / d detail = gain. Adding it
+        # under a tanh instead, tanh(atanh(base) + gain * detail), makes the step
+        # gain * (1 - output^2): near the saturated colours of the data (|x| ~ 0.9-1)
+        # a hundred times smaller, so the generator could not sharpen a bright
+        # object's blurred edge nor move it to an in-between position, and it left
+        # the interpolated cross-fade in place (tests/ check the step is the same
+        # for every base colour).
         base = interpolate_condition(condition, tf, self.space_factor)
         base = base[:, :, context * tf:context * tf + frames]
-        return torch.tanh(torch.atanh(base.clamp(-0.99, 0.99)) + self.detail_gain * detail)
+        return (base + self.detail_gain * detail).clamp(-1.0, 1.0)
 
 
 def build_generator(config: dict, num_classes: int) -> UpsampleGenerator:

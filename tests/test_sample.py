@@ -193,8 +193,10 @@ def test_same_seed_same_videos_whatever_the_batch_size(tiny_chain):
     b = sample.generate(tiny_chain, 3, seed=5, batch_size=2)
     c = sample.generate(tiny_chain, 2, seed=5, batch_size=1)
     other = sample.generate(tiny_chain, 3, seed=6)
-    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
-    torch.testing.assert_close(a[:2], c, rtol=0, atol=1e-5)     # video i depends on (seed, i)
+    # Batches of other sizes sum in another order: float rounding (1e-5) is all
+    # that may differ; another seed or another video differs by 1e-2 and more.
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+    torch.testing.assert_close(a[:2], c, rtol=0, atol=1e-4)     # video i depends on (seed, i)
     assert (a - other).abs().max() > 1e-2
     for i, j in [(0, 1), (0, 2), (1, 2)]:                       # videos of one seed differ
         assert (a[i] - a[j]).abs().max() > 1e-2
