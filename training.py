@@ -227,27 +227,9 @@ def config_to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def run_main(main, argv=None) -> None:
-    """Run a script's main(); a UserError ends with its message and exit code 2.
-
-    A UserError is something the user can fix (a path, a flag, a file), so a
-    traceback would only hide the message. Anything else is a bug: let it raise.
-    """
-    try:
-        main(argv)
-    except UserError as error:
-        close_progress_bars()
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-
-
-def close_progress_bars() -> None:
-    """Finish any tqdm bar still drawn on stderr, so that a message printed after it
-    (a full disk, a NaN loss, mid-run) starts on its own line, not glued to the bar."""
-    from tqdm import tqdm
-
-    for bar in list(getattr(tqdm, "_instances", ())):
-        bar.close()
+# run_main (a UserError ends with one `error:` line and exit code 2) is flags.py's:
+# one mechanism for every script; the level scripts import it from here.
+run_main = flags.run_main
 
 
 # ----------------------------------------------------------------------------------
