@@ -67,7 +67,7 @@ from metrics import (C2STProtocol, I3D_ENV, add_common_arguments, add_protocol_a
                      real_clips, take_frames, write_json)
 from training import resolve_device
 from upsample_level import condition_error
-from videos import contact_sheet, write_image
+from videos import contact_sheet, video_grid, write_image, write_video
 
 
 # ----------------------------------------------------------------------------------
@@ -136,13 +136,16 @@ def level_table(chain, data_name="synthetic", data_root=None, num: int = 256, se
 
 def write_level_strip(path, real, alone, in_chain, clips: int = 3, frames: int = 8) -> None:
     """A PNG of `frames` frames per row: for each of `clips` clips, the real clip, the
-    level's output on its real condition (when there is one), and a chain sample."""
-    rows = []
-    for i in range(clips):
-        rows += [real[i, :, :frames]] + ([alone[i, :, :frames]] if alone is not None else [])
-        rows.append(in_chain[i, :, :frames])
+    level's output on its real condition (when there is one), and a chain sample.
+    Beside it a GIF of the same clips playing, every frame, side by side: one row per
+    clip, columns real | on real condition | in the chain (motion is what a strip
+    cannot show: a cross-fade and a move look alike in single frames)."""
+    columns = [real, alone, in_chain] if alone is not None else [real, in_chain]
+    rows = [column[i, :, :frames] for i in range(clips) for column in columns]
     path.parent.mkdir(parents=True, exist_ok=True)
     write_image(path, contact_sheet(rows, size=max(64, real.shape[-1])))
+    tiles = torch.stack([column[i] for i in range(clips) for column in columns])   # (clips*cols, 3, T, S, S)
+    write_video(path.with_suffix(".gif"), video_grid(tiles.float().cpu(), nrow=len(columns)), fps=8)
 
 
 LEVEL_TABLE_HEADER = ("| level | shape | two-sample acc., real condition | two-sample acc., in chain "

@@ -176,6 +176,17 @@ def test_per_level_evaluation_feeds_each_level_down_of_the_clips_it_is_compared_
     assert not torch.equal(compared[2][0][0], training_clip)
     assert len(table["long"]["motion_by_quarter"]) == 4 and table["long"]["frames"] == 4 * 32
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["level1.png", "level2.png", "level3.png"]
+    # Beside each strip a GIF of the same clips playing: real | on real condition | in
+    # the chain, side by side, every frame of the level (level 1: no real condition).
+    import imageio.v2 as imageio
+    for spec, columns in ((specs[0], 2), (specs[2], 3)):
+        gif = imageio.mimread(tmp_path / f"level{spec.level}.gif")
+        assert len(gif) == spec.frames
+        # 3 clips down, `columns` across, 1-px borders (players get small videos
+        # upscaled and padded to a multiple of 16: the aspect ratio, not the size).
+        height, width = gif[0].shape[:2]
+        size = spec.size + 1
+        assert width / height == pytest.approx((columns * size + 1) / (3 * size + 1), rel=0.1)
 
 
 # ----------------------------------------------------------------------------------
