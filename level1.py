@@ -430,6 +430,12 @@ def main(argv=None) -> None:
             if dist.is_main:
                 progress.update(1)
                 evaluate_now = evaluator is not None and step % cfg.eval_every == 0
+                samples_now = bool(cfg.sample_every and step % cfg.sample_every == 0) or last
+                save_now = bool(cfg.ckpt_every and step % cfg.ckpt_every == 0) or last
+                if evaluate_now or samples_now or save_now:
+                    # One refresh of the EMA generator's batch-norm statistics serves all
+                    # three: the model scored, shown and saved at this step is the same.
+                    refresh_ema_statistics()
                 if step % cfg.log_every == 0 or last or evaluate_now:
                     seconds = max(time.time() - logged_time, 1e-9)
                     steps_done, logged_step, logged_time = step - logged_step, step, time.time()
@@ -439,23 +445,21 @@ def main(argv=None) -> None:
                               "mfu": steps_done * flops_per_step / seconds / peak,
                               **{name: value.item() for name, value in d_stats.items()}}
                     if evaluate_now:
-                        # Score the EMA generator with fresh standing statistics; if it is the
+                        # Score the EMA generator (statistics just refreshed); if it is the
                         # best so far, `save` keeps exactly that model as ckpt_best.pt.
-                        refresh_ema_statistics()
                         record.update(evaluator.evaluate_generator(ema_generator, out, step, save))
                     log_line(out, record, progress, tensorboard, unit="clips")
-                if (cfg.sample_every and step % cfg.sample_every == 0) or last:
-                    refresh_ema_statistics()
+                if samples_now:
                     write_sample_grid(step)
-                if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or last:
-                    refresh_ema_statistics()
+                if save_now:
                     save(step)
 
             # ---- Ctrl-C: every rank stops after this same step; rank 0 saves it. ------
             if stop.should_stop(device):
                 if dist.is_main:
-                    refresh_ema_statistics()
-                    save(step)           # `step` steps are complete: it resumes exactly
+                    if not save_now:     # else this step's checkpoint is already written
+                        refresh_ema_statistics()
+                        save(step)       # `step` steps are complete: it resumes exactly
                     progress.close()
                     print(f"interrupted: saved {ckpt_path} at step {step}; "
                           "run the same command to resume")
