@@ -23,12 +23,13 @@ the same way:
   whole_video  the upsampling levels trained on whole videos, not partial views
                (--crop-frames = the level's frames, --crop-size 0)
 
-    python experiments/ablations.py                      # all variants, 25 min each
+    python experiments/ablations.py                      # all variants, 14 min each
     python experiments/ablations.py --quick              # 2 min each, a smaller judge
     python experiments/ablations.py --variants hierarchy,single --minutes 10 --json abl.json
 
 It writes runs/ablations/<variant>/level<l>/ (each a normal run folder: ckpt.pt,
 log.jsonl, samples/), the table as markdown to stdout and to <out>/ablations.md,
+<out>/side_by_side.gif (real clips, then three samples of each variant, playing),
 and with --json a list of rows, one per variant:
 
     {"name", "what", "c2st", "c2st_std", "motion_ratio",          # 1x: the training length
@@ -86,8 +87,8 @@ real clips and --clips generated videos, --seeds judges:
 What it costs on a CPU. `single` is by far the most expensive variant per step:
 its generator and discriminators work at 32x64x64 throughout. Measured once with
 --quick on 2 CPU cores shared with other jobs (one thread): level 1 took 0.5 s a
-step, levels 2 and 3 0.4 s, `single` 52 s, with a peak RSS of 5.5 GB. So at 25
-minutes `single` trains about 30 steps against the hierarchy's ~1,000 per level,
+step, levels 2 and 3 0.4 s, `single` 52 s, with a peak RSS of 5.5 GB. So in the default 14
+minutes `single` trains about 16 steps against the hierarchy's ~800 per level,
 which is the equal-compute comparison the claim is about; with --quick (2 min)
 it trains 2, and its timing run alone takes minutes: --quick is a smoke test of
 the pipeline, not a result.
@@ -127,10 +128,12 @@ import sample  # noqa: E402
 import upsample_level  # noqa: E402
 from flags import UserError  # noqa: E402
 from training import resolve_device, run_main  # noqa: E402
+from videos import video_grid, write_video  # noqa: E402
 
 PRESET = "tiny"                 # the built-in data's hierarchy: 8x16x16 -> 16x32x32 -> 32x64x64
 SINGLE_PRESET = "tiny_single"   # its finest shape as one level (data.PRESETS)
 LONG_FACTOR = 4                 # "4x the horizon"
+SHOWN = 3                       # clips per variant in <out>/side_by_side.gif
 SCRIPTS = {"level1": level1, "upsample_level": upsample_level}
 
 
@@ -335,6 +338,7 @@ def score(variant: Variant, runs: list[LevelRun], args) -> dict:
         "train_seconds": sum(r.steps * r.seconds_per_step for r in runs),
         "budget_seconds": 60 * args.minutes,
         "levels": [str(r.out) for r in runs],
+        "_shown": fake[:SHOWN].cpu(), "_real": real[:SHOWN].cpu(),   # for the GIF, not the JSON
     }
 
 
@@ -376,8 +380,9 @@ def build_parser() -> flags.ArgumentParser:
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated variants to run (default: all): {', '.join(VARIANTS)}")
     parser.add_argument("--minutes", type=ranged("--minutes", float, "(0, inf)", "training time per variant"),
-                        help=ranged_help("minutes of training steps per variant (default 25, "
-                                         "the default run's time on 2 CPU cores; --quick: 2)", "(0, inf)"))
+                        help=ranged_help("minutes of training steps per variant (default 14: "
+                                         "the default run's training steps take 13.75 min on 2 "
+                                         "idle CPU cores; --quick: 2)", "(0, inf)"))
     parser.add_argument("--quick", action="store_true",
                         help="a reduced run: --minutes 2 --clips 64 --seeds 1 unless given")
     parser.add_argument("--clips", type=ranged("--clips", int, "[4, inf)", "clips for the two-sample test"),
@@ -402,7 +407,7 @@ def build_parser() -> flags.ArgumentParser:
 def parse_args(argv=None) -> argparse.Namespace:
     """Parse and check the command line (no work yet)."""
     args = build_parser().parse_args(argv)
-    for name, full, quick in (("minutes", 25.0, 2.0), ("clips", 256, 64), ("seeds", 3, 1)):
+    for name, full, quick in (("minutes", 14.0, 2.0), ("clips", 256, 64), ("seeds", 3, 1)):
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
     args.variant_names = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -469,6 +474,15 @@ def main(argv=None) -> list[dict]:
     table = format_table(rows, args)
     print(table)
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    # What the numbers mean, to the eye: one column of real clips, then one column per
+    # variant in --variants order (hierarchy next to single by default), the same
+    # SHOWN clips of the 1x scoring (the first ones, so row i is seed-for-seed the same
+    # sampling call in every column).
+    columns = [rows[0]["_real"]] + [row.pop("_shown") for row in rows]
+    for row in rows:
+        row.pop("_real")
+    grid = torch.stack([clip for i in range(SHOWN) for clip in (c[i] for c in columns)])
+    write_video(Path(args.out) / "side_by_side.gif", video_grid(grid, nrow=len(columns)), fps=8)
     (Path(args.out) / "ablations.md").write_text(table + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

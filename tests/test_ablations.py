@@ -11,6 +11,7 @@ import math
 import subprocess
 import sys
 
+import imageio
 import pytest
 import torch
 
@@ -83,3 +84,9 @@ def test_every_variant_trains_for_the_same_time_and_gets_a_row(tmp_path):
     whole = torch.load(out / "whole_video" / "level3" / "ckpt.pt", map_location="cpu", weights_only=False)
     assert whole["config"]["crop_frames"] == 32 and whole["config"]["crop_size"] == 0
     assert "| hierarchy |" in (out / "ablations.md").read_text()
+    # The side-by-side GIF: a column of real clips, then one per variant, 3 clips each
+    # (64x64 tiles, 1 px apart; videos.write_video pads to a multiple of 16), 32 frames.
+    frames = imageio.mimread(out / "side_by_side.gif")
+    padded = lambda pixels: -(-pixels // 16) * 16
+    assert len(frames) == 32
+    assert frames[0].shape[:2] == (padded(3 * 65 + 1), padded((1 + len(rows)) * 65 + 1))
