@@ -87,9 +87,9 @@ real clips and --clips generated videos, --seeds judges:
 What it costs on a CPU. `single` is by far the most expensive variant per step:
 its generator and discriminators work at 32x64x64 throughout. Measured once with
 --quick on 2 CPU cores shared with other jobs (one thread): level 1 took 0.5 s a
-step, levels 2 and 3 0.4 s, `single` 52 s, with a peak RSS of 5.5 GB. So in the default 14
-minutes `single` trains about 16 steps against the hierarchy's ~800 per level,
-which is the equal-compute comparison the claim is about; with --quick (2 min)
+step, levels 2 and 3 0.4 s, `single` 52 s, with a peak RSS of 5.5 GB. In the full run (default
+14 minutes, one thread, 2 h 2 min in all) `single` trained 11 steps against the
+hierarchy's 427 / 379 / 379, which is the equal-compute comparison the claim is about; with --quick (2 min)
 it trains 2, and its timing run alone takes minutes: --quick is a smoke test of
 the pipeline, not a result.
 
