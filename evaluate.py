@@ -67,7 +67,7 @@ from metrics import (C2STProtocol, I3D_ENV, add_common_arguments, add_protocol_a
                      real_clips, take_frames, write_json)
 from training import resolve_device
 from upsample_level import condition_error
-from videos import contact_sheet, video_grid, write_image, write_video
+from videos import contact_sheet, side_by_side, write_image, write_video
 
 
 # ----------------------------------------------------------------------------------
@@ -144,8 +144,7 @@ def write_level_strip(path, real, alone, in_chain, clips: int = 3, frames: int =
     rows = [column[i, :, :frames] for i in range(clips) for column in columns]
     path.parent.mkdir(parents=True, exist_ok=True)
     write_image(path, contact_sheet(rows, size=max(64, real.shape[-1])))
-    tiles = torch.stack([column[i] for i in range(clips) for column in columns])   # (clips*cols, 3, T, S, S)
-    write_video(path.with_suffix(".gif"), video_grid(tiles.float().cpu(), nrow=len(columns)), fps=8)
+    write_video(path.with_suffix(".gif"), side_by_side(columns, clips), fps=8)
 
 
 LEVEL_TABLE_HEADER = ("| level | shape | two-sample acc., real condition | two-sample acc., in chain "

@@ -4,7 +4,7 @@ data.py holds the method's data (presets, `down`, the partial-view crops, the
 synthetic clips); this file holds what it takes to get real videos in and out
 of files, none of which a reader needs to understand HVG:
 
-  writing        to_uint8, video_grid, write_video (.mp4/.gif), write_image (.png),
+  writing        to_uint8, video_grid, side_by_side, write_video (.mp4/.gif), write_image (.png),
                  contact_sheet: what the training scripts, sample.py and
                  evaluate.py write.
   reading        find_videos, probe_video (ffmpeg's header: frames and fps),
@@ -69,6 +69,13 @@ def video_grid(videos, nrow=None, pad=1):
         y, x = pad + (k // nrow) * (h + pad), pad + (k % nrow) * (w + pad)
         grid[:, :, y:y + h, x:x + w] = videos[k]
     return grid
+
+
+def side_by_side(columns, clips):
+    """Clips of several batches next to each other, as one video: row i holds clip i
+    of every batch in `columns` (each (N, C, T, H, W)), in the columns' order."""
+    tiles = torch.stack([column[i] for i in range(clips) for column in columns])
+    return video_grid(tiles.float().cpu(), nrow=len(columns))
 
 
 def _as_frames(video):

@@ -128,7 +128,7 @@ import sample  # noqa: E402
 import upsample_level  # noqa: E402
 from flags import UserError  # noqa: E402
 from training import resolve_device, run_main  # noqa: E402
-from videos import video_grid, write_video  # noqa: E402
+from videos import side_by_side, write_video  # noqa: E402
 
 PRESET = "tiny"                 # the built-in data's hierarchy: 8x16x16 -> 16x32x32 -> 32x64x64
 SINGLE_PRESET = "tiny_single"   # its finest shape as one level (data.PRESETS)
@@ -303,12 +303,20 @@ def long_samples(chain, clips: int, seed: int, batch: int = 32):
     return torch.cat(tails), [sum(q) / clips for q in zip(*quarters)]
 
 
-def score(variant: Variant, runs: list[LevelRun], args) -> dict:
+def real_clips_by_level(args) -> dict:
+    """The real clips every variant is scored against, made once: level -> (clips,
+    labels) of `PRESET`'s upsampling levels (clips training never drew). The finest
+    level's are also the 1x and 4x comparison (tiny's level 3 == tiny_single's level 1,
+    same pixels)."""
+    return {level: metrics.real_clips("synthetic", None, PRESET, level, args.clips, args.seed)
+            for level in range(2, data.num_levels(PRESET) + 1)}
+
+
+def score(variant: Variant, runs: list[LevelRun], args, reals: dict) -> tuple[dict, torch.Tensor]:
+    """-> (the variant's row, its first SHOWN generated videos for the GIF)."""
     chain = sample.load_chain(ckpts=[r.out / "ckpt.pt" for r in runs], device=args.device)
     protocol = metrics.C2STProtocol(num_videos=args.clips, seeds=args.seeds)
-    # Real clips at the finest shape (tiny's level 3 == tiny_single's level 1, same pixels).
-    finest = data.num_levels(PRESET)
-    real, _ = metrics.real_clips("synthetic", None, PRESET, finest, args.clips, args.seed)
+    real, _ = reals[data.num_levels(PRESET)]
 
     # 1x: the training length.
     fake = sample.generate(chain, args.clips, seed=args.seed)
@@ -320,12 +328,12 @@ def score(variant: Variant, runs: list[LevelRun], args) -> dict:
     # Each upsampling level alone, on real conditions c = down(x): mean |down(G(c, z)) - c|.
     condition_errors = []
     for index, spec in enumerate(chain.specs[1:], start=1):
-        level_real, labels = metrics.real_clips("synthetic", None, PRESET, spec.level, args.clips, args.seed)
+        level_real, labels = reals[spec.level]
         condition = data.down(level_real, spec.time_factor, spec.space_factor)
         alone = evaluate.upsample_real(chain, index, condition, labels, args.seed)
         condition_errors.append(upsample_level.condition_error(alone, condition, spec))
 
-    return {
+    row = {
         "name": variant.name, "what": variant.what,
         "c2st": one["c2st"], "c2st_std": one["c2st_std"], "motion_ratio": one["motion_ratio"],
         "c2st_4x": four["c2st"], "c2st_4x_std": four["c2st_std"], "motion_ratio_4x": four["motion_ratio"],
@@ -338,8 +346,8 @@ def score(variant: Variant, runs: list[LevelRun], args) -> dict:
         "train_seconds": sum(r.steps * r.seconds_per_step for r in runs),
         "budget_seconds": 60 * args.minutes,
         "levels": [str(r.out) for r in runs],
-        "_shown": fake[:SHOWN].cpu(), "_real": real[:SHOWN].cpu(),   # for the GIF, not the JSON
     }
+    return row, fake[:SHOWN].cpu()
 
 
 # ----------------------------------------------------------------------------------
@@ -467,10 +475,13 @@ def main(argv=None) -> list[dict]:
                 trained.add(run.out)
 
     # 4. Scoring and the table.
-    rows = []
+    reals = real_clips_by_level(args)
+    rows, shown = [], []
     for variant in variants:
         print(f"score {variant.name}", flush=True)
-        rows.append(score(variant, plans[variant.name], args))
+        row, videos = score(variant, plans[variant.name], args, reals)
+        rows.append(row)
+        shown.append(videos)
     table = format_table(rows, args)
     print(table)
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -478,11 +489,8 @@ def main(argv=None) -> list[dict]:
     # variant in --variants order (hierarchy next to single by default), the same
     # SHOWN clips of the 1x scoring (the first ones, so row i is seed-for-seed the same
     # sampling call in every column).
-    columns = [rows[0]["_real"]] + [row.pop("_shown") for row in rows]
-    for row in rows:
-        row.pop("_real")
-    grid = torch.stack([clip for i in range(SHOWN) for clip in (c[i] for c in columns)])
-    write_video(Path(args.out) / "side_by_side.gif", video_grid(grid, nrow=len(columns)), fps=8)
+    real_finest = reals[data.num_levels(PRESET)][0]
+    write_video(Path(args.out) / "side_by_side.gif", side_by_side([real_finest, *shown], SHOWN), fps=8)
     (Path(args.out) / "ablations.md").write_text(table + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
