@@ -485,11 +485,13 @@ class TemporalDiscriminator(_VideoDiscriminator):
     The paper's D_T (from DVD-GAN) sees the clip 2x average-pooled in space:
     motion is visible at low resolution, and halving H and W makes the costly
     3-D convolutions 4x cheaper.  Frame detail is D_S's job.
-    pool_input=False keeps full resolution. The upsampling levels need it: their
-    new frames differ from a cross-fade of the condition frames only by motions
-    of about one *output* pixel, which 2x pooling averages away, so a pooled D_T
-    cannot tell an object that moves from one that fades out and in again (and
-    the generator, never told, learns the cross-fade).
+    pool_input=False keeps full resolution. Level 1 uses it by default: its
+    objects move about one pixel per frame, and pooled 2x such a move gives the
+    same numbers as a cross-fade of the two positions, so a pooled D_T cannot tell
+    an object that moves from one that fades out and in again (and the generator,
+    never told, learns the fade). The upsampling levels' new frames differ from a
+    cross-fade of their condition frames by such moves too; they keep the pooling
+    by default (`--no-temporal-pool` there was within noise, docs/quality.md).
     (B, C, T, H, W) -> (B,);  H = W = resolution.
     """
 

@@ -56,9 +56,17 @@ from training import (StopRequest, TrainConfig, autocast, check_architecture, ch
 @dataclass
 class Level1Config(TrainConfig):
     """Level 1's flags: those of training.TrainConfig (data, run, model widths,
-    optimisation), with level 1's defaults: 900 steps of 16 clips."""
+    optimisation), with level 1's defaults: 900 steps of 16 clips, D_T at full resolution."""
     out: str | None = option(None, "run folder (default: runs/<preset>/level1)")
     steps: int = option(900, "generator steps to train for (the run stops at this step)", "[1, inf)")
+    # D_T at full resolution here: level 1's objects move about one pixel per frame,
+    # and 2x pooling makes such a move and a cross-fade of the two positions the same
+    # pooled frames (tests/test_quality_causes.py): nothing told level 1 to move its
+    # objects rather than fade them. At full resolution the two-sample test tells
+    # its clips from real ones less often, on two seeds (docs/quality.md section 7).
+    temporal_pool: bool = option(False, "D_T sees the clip 2x average-pooled in space, as DVD-GAN's "
+                                        "(cheaper; the default --no-temporal-pool: full resolution, "
+                                        "where a one-pixel move and a cross-fade differ)")
 
     def check(self) -> None:
         """Flag combinations level 1 cannot train with (see TrainConfig.check)."""
@@ -71,7 +79,7 @@ class Level1Config(TrainConfig):
 
 
 # These fields decide the shapes of the weights: resuming with others is an error.
-ARCHITECTURE_FIELDS = ("preset", "class_conditional", "z_dim", "g_ch", "d_ch")
+ARCHITECTURE_FIELDS = ("preset", "class_conditional", "z_dim", "g_ch", "d_ch", "temporal_pool")
 
 
 # ----------------------------------------------------------------------------------
@@ -308,7 +316,8 @@ def main(argv=None) -> None:
     generator = Level1Generator(spec.frames, spec.size, cfg.z_dim, cfg.g_ch, num_classes).to(device)
     discriminators = {
         "spatial": SpatialDiscriminator(3, cfg.d_ch, spec.size, cfg.k_frames, num_classes).to(device),
-        "temporal": TemporalDiscriminator(3, cfg.d_ch, spec.size, num_classes).to(device),
+        "temporal": TemporalDiscriminator(3, cfg.d_ch, spec.size, num_classes,
+                                          pool_input=cfg.temporal_pool).to(device),
     }
     weights = {"spatial": cfg.spatial_weight, "temporal": cfg.temporal_weight}
     ema_generator = copy.deepcopy(generator).eval().requires_grad_(False)
@@ -324,6 +333,7 @@ def main(argv=None) -> None:
     step = 0
     if cfg.resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, level=1, preset=cfg.preset)
+        ckpt["config"].setdefault("temporal_pool", True)   # written before the flag existed
         check_architecture(ckpt["config"], cfg, ARCHITECTURE_FIELDS, ckpt_path)
         step = restore_checkpoint(ckpt, models, optimizers, ckpt_path)
         if dist.is_main:

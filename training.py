@@ -178,6 +178,9 @@ class TrainConfig:
     g_ch: int = option(16, "generator base width (channels at the output resolution)", "[1, inf)")
     d_ch: int = option(16, "discriminator base width", "[1, inf)")
     k_frames: int = option(8, "frames the spatial discriminator scores per clip (DVD-GAN: 8)", "[1, inf)")
+    temporal_pool: bool = option(True, "D_T sees the clip 2x average-pooled in space, as DVD-GAN's "
+                                       "(cheaper; --no-temporal-pool: full resolution, where a "
+                                       "one-pixel move and a cross-fade differ)")
     # Optimisation.
     g_lr: float = option(5e-4, "generator Adam learning rate (DVD-GAN: 1e-4)", "(0, inf)")
     d_lr: float = option(5e-4, "discriminator Adam learning rate (DVD-GAN: 5e-4)", "(0, inf)")

@@ -48,7 +48,7 @@ How each variant gets the same compute (--minutes of training time, B = 60 * min
   * `single` trains B / t steps.
   * `hierarchy` splits B across its levels in the proportions the defaults do:
     level l trains s * default_steps_l steps with one scale s for all levels,
-    s = B / sum_l(default_steps_l * t_l) (defaults 900, 800, 800: level 1 gets the
+    s = B / sum_l(default_steps_l * t_l) (defaults 900, 700, 700: level 1 gets the
     share of time it gets in the default run).
   * The other variants change only the upsampling levels, so they share the
     hierarchy's level 1 (trained once, into <out>/hierarchy/level1; its time counts

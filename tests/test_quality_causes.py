@@ -50,3 +50,40 @@ def test_nothing_in_the_upsampler_marks_the_frame_border():
         out = generator(condition, torch.randn(2, 8), context=1)         # (2, 3, 4, 16, 16)
     centre = out[..., 8:9, 8:9]
     assert (out - centre).abs().max() < 1e-5
+
+
+def one_pixel_move_and_its_cross_fade():
+    """(move, fade), each (1, 3, 8, 16, 16): a 2x2 white square on black that moves one
+    pixel per frame to the right, and the same clip with every odd frame replaced by
+    the cross-fade (mean) of its two neighbours, the frames an upsampler or a level-1
+    generator makes when it blends instead of moving."""
+    move = torch.full((1, 3, 8, 16, 16), -1.0)
+    for t in range(8):
+        move[..., t, 6:8, 2 + t:4 + t] = 1.0
+    fade = move.clone()
+    for t in (1, 3, 5):
+        fade[..., t, :, :] = (move[..., t - 1, :, :] + move[..., t + 1, :, :]) / 2
+    return move, fade
+
+
+def test_level1_temporal_discriminator_can_tell_a_one_pixel_move_from_a_cross_fade():
+    # Level 1's objects move about one pixel per frame. D_T pooled 2x in space (as
+    # DVD-GAN's, at 128 px) sees a square at an odd position half in each of two
+    # pooled pixels, which is exactly what the cross-fade of the even positions gives:
+    # the pooled clips are the same numbers, so no pooled D_T can score them apart and
+    # nothing pushed level 1 to move its objects rather than fade them (its motion was
+    # 0.58-0.67 of the data's). Level 1's default D_T now sees full resolution.
+    from discriminators import TemporalDiscriminator
+    from training import parse_config
+    from level1 import Level1Config
+
+    move, fade = one_pixel_move_and_its_cross_fade()
+    assert (move - fade).abs().max() == 1.0                              # different clips ...
+    pool = TemporalDiscriminator.pool
+    assert torch.equal(pool(move), pool(fade))                           # ... the same pooled
+    cfg = parse_config(Level1Config, [])
+    torch.manual_seed(0)
+    d_t = TemporalDiscriminator(3, 8, 16, pool_input=cfg.temporal_pool).eval()
+    with torch.no_grad():
+        scores = d_t(torch.cat([move, fade]))
+    assert (scores[0] - scores[1]).abs() > 1e-3 * scores.abs().max(), scores
