@@ -242,15 +242,17 @@ def compiled(module: nn.Module, compile: bool):
 
 
 def level1_gan(frames: int, size: int, batch: int, g_ch: int, d_ch: int, z_dim: int,
-               k_frames: int, device, d_steps: int = 2, amp_dtype=None, compile=False) -> GAN:
+               k_frames: int, device, d_steps: int = 2, amp_dtype=None, compile=False,
+               temporal_pool: bool = True) -> GAN:
     """Level 1 (or, at full resolution and length, the non-hierarchical baseline):
-    G(z) -> (B, 3, frames, size, size), judged by D_S and D_T, as level1.main builds them.
+    G(z) -> (B, 3, frames, size, size), judged by D_S and D_T, as level1.main builds them
+    (temporal_pool: D_T on the clip pooled 2x, DVD-GAN's; level1.py's --temporal-pool).
     compile: as level1.py --compile: G and each D compiled, but the G update calls
     the plain discriminators (the script's training.unwrap strips the compiled wrapper)."""
     torch.manual_seed(0)
     generator = level1.Level1Generator(frames, size, z_dim, g_ch).to(device)
     discriminators = {"spatial": SpatialDiscriminator(3, d_ch, size, k_frames).to(device),
-                      "temporal": TemporalDiscriminator(3, d_ch, size).to(device)}
+                      "temporal": TemporalDiscriminator(3, d_ch, size, pool_input=temporal_pool).to(device)}
     real = torch.rand(batch, 3, frames, size, size, device=device) * 2 - 1
     run = {name: compiled(d, compile) for name, d in discriminators.items()}
 
@@ -274,7 +276,8 @@ def upsample_gan(cfg: upsample_level.UpsampleConfig, device, amp_dtype=None, com
     generator = upsample_level.UpsampleGenerator(spec.time_factor, spec.space_factor, cfg.z_dim,
                                                  cfg.g_ch, cfg.encoder_blocks).to(device)
     discriminators = {"spatial": SpatialDiscriminator(3, cfg.d_ch, size, cfg.k_frames).to(device),
-                      "temporal": TemporalDiscriminator(3, cfg.d_ch, size).to(device)}
+                      "temporal": TemporalDiscriminator(3, cfg.d_ch, size,
+                                                        pool_input=cfg.temporal_pool).to(device)}
     if cfg.matching:
         discriminators["matching"] = MatchingDiscriminator(
             3, cfg.d_ch, size, pool_input=cfg.matching_pool).to(device)
@@ -329,6 +332,8 @@ KINDS = ("level1", "upsample", "baseline")
 
 def memory_gan(kind: str, frames: int, s: MemorySettings, device) -> GAN:
     """The model whose training step is measured, for an output of `frames` frames."""
+    # Level 1 and the baseline keep DVD-GAN's pooled D_T here (level1.py's default is
+    # full resolution): the figure is about how memory grows with length, not its level.
     if kind == "level1":       # the outline: all frames, low resolution
         return level1_gan(frames, s.low_size, s.batch, s.ch, s.ch, s.z_dim, s.k_frames, device, d_steps=1)
     if kind == "baseline":     # one GAN for the whole video: all frames, full resolution
@@ -427,7 +432,7 @@ def training_gans(preset: str, device, amp_dtype, compile=False):
     cfg1 = level1.Level1Config(preset=preset)
     spec = level_spec(preset, 1)
     gans[1] = level1_gan(spec.frames, spec.size, cfg1.batch_size, cfg1.g_ch, cfg1.d_ch, cfg1.z_dim,
-                         cfg1.k_frames, device, cfg1.d_steps, amp_dtype, compile)
+                         cfg1.k_frames, device, cfg1.d_steps, amp_dtype, compile, cfg1.temporal_pool)
     for level in range(2, data.num_levels(preset) + 1):
         gans[level] = upsample_gan(upsample_level.UpsampleConfig(level=level, preset=preset),
                                    device, amp_dtype, compile)
