@@ -242,8 +242,8 @@ def compiled(module: nn.Module, compile: bool):
 
 
 def level1_gan(frames: int, size: int, batch: int, g_ch: int, d_ch: int, z_dim: int,
-               k_frames: int, device, d_steps: int = 2, amp_dtype=None, compile=False,
-               temporal_pool: bool = True) -> GAN:
+               k_frames: int, device, d_steps: int = 2, amp_dtype=None, compile=False, *,
+               temporal_pool: bool) -> GAN:
     """Level 1 (or, at full resolution and length, the non-hierarchical baseline):
     G(z) -> (B, 3, frames, size, size), judged by D_S and D_T, as level1.main builds them
     (temporal_pool: D_T on the clip pooled 2x, DVD-GAN's; level1.py's --temporal-pool).
@@ -335,9 +335,11 @@ def memory_gan(kind: str, frames: int, s: MemorySettings, device) -> GAN:
     # Level 1 and the baseline keep DVD-GAN's pooled D_T here (level1.py's default is
     # full resolution): the figure is about how memory grows with length, not its level.
     if kind == "level1":       # the outline: all frames, low resolution
-        return level1_gan(frames, s.low_size, s.batch, s.ch, s.ch, s.z_dim, s.k_frames, device, d_steps=1)
+        return level1_gan(frames, s.low_size, s.batch, s.ch, s.ch, s.z_dim, s.k_frames, device, d_steps=1,
+                          temporal_pool=True)
     if kind == "baseline":     # one GAN for the whole video: all frames, full resolution
-        return level1_gan(frames, s.high_size, s.batch, s.ch, s.ch, s.z_dim, s.k_frames, device, d_steps=1)
+        return level1_gan(frames, s.high_size, s.batch, s.ch, s.ch, s.z_dim, s.k_frames, device, d_steps=1,
+                          temporal_pool=True)
     # The upsampling level of a two-level hierarchy whose final videos have `frames`
     # frames at high_size: (frames/2 x low_size) -> (frames x high_size), tf = sf = 2.
     preset = f"bench-{frames}"
@@ -432,7 +434,8 @@ def training_gans(preset: str, device, amp_dtype, compile=False):
     cfg1 = level1.Level1Config(preset=preset)
     spec = level_spec(preset, 1)
     gans[1] = level1_gan(spec.frames, spec.size, cfg1.batch_size, cfg1.g_ch, cfg1.d_ch, cfg1.z_dim,
-                         cfg1.k_frames, device, cfg1.d_steps, amp_dtype, compile, cfg1.temporal_pool)
+                         cfg1.k_frames, device, cfg1.d_steps, amp_dtype, compile,
+                         temporal_pool=cfg1.temporal_pool)
     for level in range(2, data.num_levels(preset) + 1):
         gans[level] = upsample_gan(upsample_level.UpsampleConfig(level=level, preset=preset),
                                    device, amp_dtype, compile)
