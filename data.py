@@ -35,6 +35,7 @@ Commands (the command line is at the end of this file):
 """
 
 import math
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,6 +295,19 @@ class _PositionBatches(torch.utils.data.Sampler):
             b += 1
 
 
+def _worker_ignores_stop_signals(worker_id):
+    """DataLoader workers ignore Ctrl-C and SIGTERM: the training process decides.
+
+    A terminal's Ctrl-C reaches the whole process group, workers included. A worker
+    left to Python's default dies of KeyboardInterrupt, and the training process,
+    waiting on its next batch, crashes instead of finishing the step and saving
+    (training.StopRequest). Ignoring the signal is safe: a worker still exits when
+    the training process closes the loader or dies (DataLoader watches its parent).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(dataset, batch_size, start_batch=0, num_workers=0, rank=0, world_size=1,
                 pin_memory=False):
     """An infinite iterator of batches (dicts of stacked tensors) from a LevelDataset.
@@ -301,7 +315,8 @@ def make_loader(dataset, batch_size, start_batch=0, num_workers=0, rank=0, world
     start_batch=k resumes exactly at the k-th batch."""
     loader = DataLoader(dataset, batch_sampler=_PositionBatches(batch_size, start_batch, rank, world_size),
                         num_workers=num_workers, pin_memory=pin_memory,
-                        persistent_workers=num_workers > 0)
+                        persistent_workers=num_workers > 0,
+                        worker_init_fn=_worker_ignores_stop_signals if num_workers > 0 else None)
     return iter(loader)
 
 # ----------------------------------------------------------------------------------
