@@ -100,6 +100,10 @@ class UpsampleConfig(TrainConfig):
                                        "on) or zeros (the generator can tell where the border is, "
                                        "and draws lines along it)",
                           choices=["zeros", "replicate"])
+    motion_radius: int = option(1, "largest motion, in output pixels per output frame, that the "
+                                   "base's in-between frames follow (block matching between "
+                                   "condition frames; the built-in data moves 1)", "[0, inf)",
+                                zero_means="in-between frames are cross-fades (the old base)")
     encoder_blocks: int = option(1, "3-D residual blocks that read the condition (each adds 2 "
                                     "condition frames of temporal receptive field)", "[0, inf)",
                                  zero_means="none (ablation)")
@@ -140,7 +144,8 @@ class UpsampleConfig(TrainConfig):
 
 
 ARCHITECTURE_FIELDS = ("preset", "level", "class_conditional", "z_dim", "g_ch", "d_ch",
-                       "encoder_blocks", "matching", "matching_pool", "temporal_pool", "padding")
+                       "encoder_blocks", "matching", "matching_pool", "temporal_pool", "padding",
+                       "motion_radius")
 
 
 # ----------------------------------------------------------------------------------
@@ -198,6 +203,165 @@ def interpolate_condition(condition: torch.Tensor, time_factor: int, space_facto
     return frames.view(b, t * time_factor, c, h * space_factor, w * space_factor).transpose(1, 2)
 
 
+def shift_frames(frames: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Frames (..., H, W) moved by (dy, dx) whole pixels, down and right:
+    out[..., y, x] = frames[..., y - dy, x - dx], the border pixels repeated."""
+    pad = max(abs(dy), abs(dx))
+    if pad == 0:
+        return frames
+    *lead, h, w = frames.shape
+    padded = F.pad(frames.reshape(-1, 1, h, w), (pad, pad, pad, pad), mode="replicate")
+    return padded[..., pad - dy:pad - dy + h, pad - dx:pad - dx + w].reshape(*lead, h, w)
+
+
+def box_mean(frames: torch.Tensor, width: int, padding: int = 0) -> torch.Tensor:
+    """The mean over width x width blocks of frames (..., H, W), stride 1, `padding`
+    zeros on each side: F.avg_pool2d's numbers, from running sums (a block's sum is
+    the difference of two running sums, along the rows and then the columns), which on
+    a CPU is several times faster than avg_pool2d at these sizes."""
+    frames = F.pad(frames, (padding, padding, padding, padding))
+    sums = F.pad(frames.cumsum(-2), (0, 0, 1, 0))
+    rows = sums[..., width:, :] - sums[..., :-width, :]
+    sums = F.pad(rows.cumsum(-1), (1, 0))
+    return (sums[..., width:] - sums[..., :-width]) / (width * width)
+
+
+def box_blur(frames: torch.Tensor, width: int) -> torch.Tensor:
+    """Each pixel of frames (N, C, H, W) the mean of the width x width block at it (an
+    even width reaches one pixel further right and down), the border repeated."""
+    if width <= 1:
+        return frames
+    before, after = (width - 1) // 2, width // 2
+    return box_mean(F.pad(frames, (before, after, before, after), mode="replicate"), width)
+
+
+def extend_from_held(cost: torch.Tensor, held: torch.Tensor) -> torch.Tensor:
+    """cost (..., H, W) known where `held` (H, W, on the CPU), a rectangle, is true: each pixel
+    outside it takes the cost of the nearest pixel in it (border repeated), so pixels
+    near the frame's border, which no compared pixel reaches, take the motion of the
+    content next to them. No held pixel at all: the motion costs infinity."""
+    if bool(held.all()):
+        return cost
+    rows, cols = held.any(dim=1).nonzero(), held.any(dim=0).nonzero()
+    if len(rows) == 0:
+        return torch.full_like(cost, float("inf"))
+    top, bottom, left, right = rows[0].item(), rows[-1].item() + 1, cols[0].item(), cols[-1].item() + 1
+    h, w = held.shape
+    inner = cost[..., top:bottom, left:right]
+    lead = inner.shape[:-2]
+    padded = F.pad(inner.reshape(-1, 1, *inner.shape[-2:]), (left, w - right, top, h - bottom), mode="replicate")
+    return padded.reshape(*lead, h, w)
+
+
+def motion_interpolate_condition(condition: torch.Tensor, time_factor: int, space_factor: int,
+                                 radius: int, smooth: int | None = None) -> torch.Tensor:
+    """The base with its in-between frames motion-compensated instead of cross-faded.
+
+    interpolate_condition's in-between frame is a cross-fade: an object that moves
+    from A (frame j) to B (frame j+1) shows as two half-bright copies, at A and at B,
+    where the data has one object, halfway. The generator's detail then has to erase
+    one ghost and draw an object where neither is; trained, it mostly does not, and
+    the judge tells the new frames apart about as often as a plain cross-fade
+    (docs/quality.md, section 10). So the base moves things itself, by block
+    matching (frame-rate up-conversion, as in TV sets): for each pixel of in-between
+    frame j*tf + r, each candidate motion u (whole output pixels per output frame,
+    |u_y|, |u_x| <= radius) pairs the pixel of frame j it came from, x - r*u, with
+    the pixel of frame j+1 it goes to, x + (tf - r)*u, both brought to the output
+    size as before. The motion whose two pixels agree best, summed over a window of
+    (2*sf + 1)^2 pixels around it, wins, and the base is their cross-fade (two
+    copies of the same thing, in one place):
+        cost(u)  = box(sum_colour |S(A_u) - S(B_u)|),  A_u = up(c_j) moved by r*u,
+                                                       B_u = up(c_{j+1}) moved by -(tf - r)*u
+        base     = (1 - r/tf) * A_u* + (r/tf) * B_u*,   u* = argmin cost (ties: the
+                   smallest motion first, so flat regions keep u = 0, the cross-fade).
+    A hard choice, so a change of the input by float rounding can flip a pixel whose
+    two best motions tie to within it (tests/test_sample.py bounds how rarely).
+    Frames aligned with the condition (r = 0) are interpolate_condition's. No
+    learned weights: the generator's detail starts from a base with things in place.
+    S is a box blur `smooth` pixels wide (default 2*sf: two condition pixels): the
+    motion is found on the frames without their finest texture. A texture of period
+    p matches itself moved by p, so on the data's 1-pixel checker (period 2 in the
+    condition) the motions u and -u agree equally well, and the base picked either,
+    pixel by pixel, and showed the texture torn. The blur averages such textures
+    flat, and the motion of the objects and the smooth background decides.
+    At the frame's border, where a motion brings in content that frame j (or j+1)
+    does not hold, only the frame that holds it is used, and only pixels both hold
+    are compared: repeating the border pixel instead smeared a row of it into every
+    in-between frame, and the judge found the border. radius 0 is the plain cross-fade. Reads frames j and j+1 only, like the cross-fade,
+    so the temporal receptive field is unchanged.
+    (B, 3, t, h, w) -> (B, 3, t*tf, h*sf, w*sf)
+    """
+    base = interpolate_condition(condition, time_factor, space_factor)
+    if radius == 0 or time_factor == 1:
+        return base
+    tf = time_factor
+    frame_j = base[:, :, ::tf]                                                   # up(c_j)
+    frame_next = torch.cat([frame_j[:, :, 1:], frame_j[:, :, -1:]], dim=2)       # up(c_{j+1})
+    smooth = 2 * space_factor if smooth is None else smooth
+    b, c, t, h, w = frame_j.shape
+
+    def blurred(video):                                                          # S, frame by frame
+        return box_blur(video.transpose(1, 2).reshape(b * t, c, h, w), smooth).view(b, t, c, h, w).transpose(1, 2)
+
+    smooth_j, smooth_next = blurred(frame_j), blurred(frame_next)
+    # Every shift is a view into one padded copy of each video (padding once is cheaper).
+    pad = radius * (tf - 1)
+
+    def shifts(video):
+        padded = F.pad(video.flatten(1, 2), (pad, pad, pad, pad), mode="replicate").unflatten(1, video.shape[1:3])
+        return lambda dy, dx: padded[..., pad - dy:pad - dy + h, pad - dx:pad - dx + w]
+
+    shift_j, shift_next, shift_smooth_j, shift_smooth_next = map(shifts, (frame_j, frame_next, smooth_j, smooth_next))
+    window = 2 * space_factor + 1
+    # Candidate motions, smallest first: a later one must be clearly better to replace it.
+    motions = sorted(((dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)),
+                     key=lambda u: (u[0] ** 2 + u[1] ** 2, u))
+    frames = list(base.unbind(2))                                                # output frames
+    # The masks below depend on the shapes only: made on the CPU, where the code can
+    # look at them (also when the video lives on a GPU, or on the meta device).
+    rows, cols = torch.arange(h).view(h, 1), torch.arange(w).view(1, w)
+
+    def inside(dy, dx, low=0, high=0):
+        """(h, w) on the CPU: 1 where shift_frames(., dy, dx) reads a pixel of the frame
+        (at least `low` pixels from its top and left, `high` from its bottom and right)."""
+        y, x = rows - dy, cols - dx
+        return ((y >= low) & (y < h - high) & (x >= low) & (x < w - high)).float()
+
+    def on_device(mask):
+        return mask.to(device=base.device, dtype=base.dtype)
+
+    # Blurred pixels within reach of the border are averages over repeated border pixels:
+    # not a picture of the scene that moves, so they are not compared.
+    reach = ((smooth - 1) // 2, smooth // 2) if smooth > 1 else (0, 0)
+
+    for r in range(1, tf):
+        best_cost, best = None, None
+        for dy, dx in motions:
+            forward, back = (r * dy, r * dx), (-(tf - r) * dy, -(tf - r) * dx)
+            both = inside(*forward, *reach) * inside(*back, *reach)
+            diff = (shift_smooth_j(*forward) - shift_smooth_next(*back)).abs().sum(dim=1)
+            # Mean difference over the window's pixels that both frames hold.
+            held = box_mean(both, window, window // 2)
+            cost = box_mean(diff * on_device(both), window, window // 2) / on_device(held.clamp_min(1e-6))
+            cost = extend_from_held(cost, held > 0)
+            # (1 - r/tf) of frame j and r/tf of frame j+1, of the ones that hold the pixel.
+            in_a, in_b = (1 - r / tf) * inside(*forward), (r / tf) * inside(*back)
+            total = in_a + in_b
+            candidate = ((on_device(in_a) * shift_j(*forward) + on_device(in_b) * shift_next(*back))
+                         / on_device(total.clamp_min(1e-6)))
+            if not bool((total > 0).all()):
+                candidate = torch.where(on_device(total) > 0, candidate, torch.lerp(frame_j, frame_next, r / tf))
+            if best is None:
+                best_cost, best = cost, candidate
+            else:
+                better = cost < best_cost * (1 - 1e-4) - 1e-6     # clearly better: float ties keep the smaller
+                best_cost = torch.where(better, cost, best_cost)
+                best = torch.where(better.unsqueeze(1), candidate, best)
+        for j in range(frame_j.shape[2]):
+            frames[j * tf + r] = best[:, :, j]
+    return torch.stack(frames, dim=2)
+
+
 class UpsampleGenerator(nn.Module):
     """G_l(c, z): condition (B, 3, t, h, w) with `context` frames each side -> output
     (B, 3, (t - 2*context) * tf, h * sf, w * sf).
@@ -216,14 +380,16 @@ class UpsampleGenerator(nn.Module):
     gives: the property windowed sampling relies on (tested in tests/).
     Noise: z enters every block through conditional batch norm (BigGAN); there is
     no per-pixel noise, so every window of one video uses the same z and agrees.
-    The defaults of z_dim, ch, encoder_blocks and padding_mode are the command
-    line's (--z-dim, --g-ch, --encoder-blocks, --padding).
+    The defaults of z_dim, ch, encoder_blocks, padding_mode and motion_radius are
+    the command line's (--z-dim, --g-ch, --encoder-blocks, --padding, --motion-radius).
     """
 
     def __init__(self, time_factor: int, space_factor: int, z_dim: int = 64, ch: int = 16,
-                 encoder_blocks: int = 1, num_classes: int = 0, padding_mode: str = "replicate"):
+                 encoder_blocks: int = 1, num_classes: int = 0, padding_mode: str = "replicate",
+                 motion_radius: int = 1):
         super().__init__()
         self.time_factor, self.space_factor = time_factor, space_factor
+        self.motion_radius = motion_radius
         self.z_dim, self.num_classes, self.encoder_blocks = z_dim, num_classes, encoder_blocks
         ups = int(round(torch.log2(torch.tensor(float(space_factor))).item()))
         if 2**ups != space_factor:
@@ -286,7 +452,9 @@ class UpsampleGenerator(nn.Module):
         detail = self.to_rgb(F.relu(self.out_bn(x)))             # (B*T, 3, H, W)
         detail = detail.view(b, frames, 3, *detail.shape[-2:]).transpose(1, 2)   # (B, 3, T, H, W)
         # Output = clamp(base + gain * detail, -1, 1): the base is the interpolated
-        # condition (it needs frame j+1, so it is cut after interpolation).
+        # condition, its in-between frames following the motion between condition
+        # frames j and j+1 (motion_interpolate_condition; it needs frame j+1, so it
+        # is cut after interpolation).
         # The detail is added in pixel space, so one unit of it moves a pixel by
         # `gain` whatever the pixel's colour: d output / d detail = gain. Adding it
         # under a tanh instead, tanh(atanh(base) + gain * detail), makes the step
@@ -295,7 +463,7 @@ class UpsampleGenerator(nn.Module):
         # object's blurred edge nor move it to an in-between position, and it left
         # the interpolated cross-fade in place (tests/ check the step is the same
         # for every base colour).
-        base = interpolate_condition(condition, tf, self.space_factor)
+        base = motion_interpolate_condition(condition, tf, self.space_factor, self.motion_radius)
         base = base[:, :, context * tf:context * tf + frames]
         return (base + self.detail_gain * detail).clamp(-1.0, 1.0)
 
@@ -305,7 +473,7 @@ def build_generator(config: dict, num_classes: int) -> UpsampleGenerator:
     spec = level_spec(config["preset"], config["level"])
     return UpsampleGenerator(spec.time_factor, spec.space_factor, config["z_dim"], config["g_ch"],
                              config["encoder_blocks"], num_classes if config["class_conditional"] else 0,
-                             config.get("padding", "zeros"))
+                             config.get("padding", "zeros"), config.get("motion_radius", 0))
 
 
 # ----------------------------------------------------------------------------------
@@ -645,7 +813,7 @@ def main(argv=None) -> None:
 
     torch.manual_seed(cfg.seed)                     # identical initial weights on every rank
     generator = UpsampleGenerator(spec.time_factor, spec.space_factor, cfg.z_dim, cfg.g_ch,
-                                  cfg.encoder_blocks, num_classes, cfg.padding).to(device)
+                                  cfg.encoder_blocks, num_classes, cfg.padding, cfg.motion_radius).to(device)
     discriminators = {
         "spatial": SpatialDiscriminator(3, cfg.d_ch, size, cfg.k_frames, num_classes).to(device),
         "temporal": TemporalDiscriminator(3, cfg.d_ch, size, num_classes,
@@ -669,6 +837,7 @@ def main(argv=None) -> None:
         ckpt = load_checkpoint(ckpt_path, level=cfg.level, preset=cfg.preset)
         ckpt["config"].setdefault("temporal_pool", True)   # written before these flags existed
         ckpt["config"].setdefault("padding", "zeros")
+        ckpt["config"].setdefault("motion_radius", 0)
         check_architecture(ckpt["config"], cfg, ARCHITECTURE_FIELDS, ckpt_path)
         step = restore_checkpoint(ckpt, models, optimizers, ckpt_path)
         if dist.is_main:
