@@ -107,9 +107,10 @@ class UpsampleConfig(TrainConfig):
     encoder_blocks: int = option(1, "3-D residual blocks that read the condition (each adds 2 "
                                     "condition frames of temporal receptive field)", "[0, inf)",
                                  zero_means="none (ablation)")
-    # This level's defaults for TrainConfig's flags (crops are small: batch 4, 700 steps;
-    # at half as many steps the level scores as at 800: docs/quality.md section 6).
-    steps: int = option(700, "generator steps to train for (the run stops at this step)", "[1, inf)")
+    # This level's defaults for TrainConfig's flags (crops are small: batch 4, 600 steps;
+    # at half as many steps the level scores as at 800: docs/quality.md section 6; 600
+    # pays for the in-between frames' block matching: section 11).
+    steps: int = option(600, "generator steps to train for (the run stops at this step)", "[1, inf)")
     batch_size: int = option(4, "global batch size (split across torchrun processes)", "[1, inf)")
     sample_every: int = option(400, "steps between sample videos", "[0, inf)",
                                zero_means="only at the end")
