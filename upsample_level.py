@@ -288,8 +288,9 @@ def motion_interpolate_condition(condition: torch.Tensor, time_factor: int, spac
     At the frame's border, where a motion brings in content that frame j (or j+1)
     does not hold, only the frame that holds it is used, and only pixels both hold
     are compared: repeating the border pixel instead smeared a row of it into every
-    in-between frame, and the judge found the border. radius 0 is the plain cross-fade. Reads frames j and j+1 only, like the cross-fade,
-    so the temporal receptive field is unchanged.
+    in-between frame, and the judge found the border. radius 0 is the plain
+    cross-fade. Reads frames j and j+1 only, like the cross-fade, so the temporal
+    receptive field is unchanged.
     (B, 3, t, h, w) -> (B, 3, t*tf, h*sf, w*sf)
     """
     base = interpolate_condition(condition, time_factor, space_factor)
@@ -463,8 +464,8 @@ class UpsampleGenerator(nn.Module):
         # object's blurred edge nor move it to an in-between position, and it left
         # the interpolated cross-fade in place (tests/ check the step is the same
         # for every base colour).
-        # Only the kept frames and the one after each (the context around them is for
-        # the encoder): the same base, for less than half the work.
+        # Only the kept frames and the one after the last (the rest of the context is
+        # for the encoder): the same base, without matching frames that are cut.
         kept = condition[:, :, context:context + keep + 1]
         base = motion_interpolate_condition(kept, tf, self.space_factor, self.motion_radius)[:, :, :frames]
         return (base + self.detail_gain * detail).clamp(-1.0, 1.0)
