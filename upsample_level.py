@@ -204,15 +204,19 @@ def interpolate_condition(condition: torch.Tensor, time_factor: int, space_facto
     return frames.view(b, t * time_factor, c, h * space_factor, w * space_factor).transpose(1, 2)
 
 
-def shift_frames(frames: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """Frames (..., H, W) moved by (dy, dx) whole pixels, down and right:
-    out[..., y, x] = frames[..., y - dy, x - dx], the border pixels repeated."""
-    pad = max(abs(dy), abs(dx))
-    if pad == 0:
-        return frames
+def shifter(frames: torch.Tensor, reach: int):
+    """shift(dy, dx) for |dy|, |dx| <= reach: frames (..., H, W) moved by (dy, dx) whole
+    pixels, down and right, out[..., y, x] = frames[..., y - dy, x - dx], the border
+    pixels repeated. Every shift is a view into one padded copy (padding once)."""
     *lead, h, w = frames.shape
-    padded = F.pad(frames.reshape(-1, 1, h, w), (pad, pad, pad, pad), mode="replicate")
-    return padded[..., pad - dy:pad - dy + h, pad - dx:pad - dx + w].reshape(*lead, h, w)
+    padded = F.pad(frames.reshape(-1, 1, h, w), (reach, reach, reach, reach), mode="replicate")
+    padded = padded.view(*lead, h + 2 * reach, w + 2 * reach)
+    return lambda dy, dx: padded[..., reach - dy:reach - dy + h, reach - dx:reach - dx + w]
+
+
+def shift_frames(frames: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Frames (..., H, W) moved by (dy, dx) whole pixels (see shifter)."""
+    return shifter(frames, max(abs(dy), abs(dx)))(dy, dx)
 
 
 def box_mean(frames: torch.Tensor, width: int, padding: int = 0) -> torch.Tensor:
@@ -306,14 +310,9 @@ def motion_interpolate_condition(condition: torch.Tensor, time_factor: int, spac
         return box_blur(video.transpose(1, 2).reshape(b * t, c, h, w), smooth).view(b, t, c, h, w).transpose(1, 2)
 
     smooth_j, smooth_next = blurred(frame_j), blurred(frame_next)
-    # Every shift is a view into one padded copy of each video (padding once is cheaper).
-    pad = radius * (tf - 1)
-
-    def shifts(video):
-        padded = F.pad(video.flatten(1, 2), (pad, pad, pad, pad), mode="replicate").unflatten(1, video.shape[1:3])
-        return lambda dy, dx: padded[..., pad - dy:pad - dy + h, pad - dx:pad - dx + w]
-
-    shift_j, shift_next, shift_smooth_j, shift_smooth_next = map(shifts, (frame_j, frame_next, smooth_j, smooth_next))
+    reach = radius * (tf - 1)                                                    # the largest shift
+    shift_j, shift_next, shift_smooth_j, shift_smooth_next = (
+        shifter(video, reach) for video in (frame_j, frame_next, smooth_j, smooth_next))
     window = 2 * space_factor + 1
     # Candidate motions, smallest first: a later one must be clearly better to replace it.
     motions = sorted(((dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)),
@@ -334,13 +333,13 @@ def motion_interpolate_condition(condition: torch.Tensor, time_factor: int, spac
 
     # Blurred pixels within reach of the border are averages over repeated border pixels:
     # not a picture of the scene that moves, so they are not compared.
-    reach = ((smooth - 1) // 2, smooth // 2) if smooth > 1 else (0, 0)
+    blur_reach = ((smooth - 1) // 2, smooth // 2) if smooth > 1 else (0, 0)
 
     for r in range(1, tf):
         best_cost, best = None, None
         for dy, dx in motions:
             forward, back = (r * dy, r * dx), (-(tf - r) * dy, -(tf - r) * dx)
-            both = inside(*forward, *reach) * inside(*back, *reach)
+            both = inside(*forward, *blur_reach) * inside(*back, *blur_reach)
             diff = (shift_smooth_j(*forward) - shift_smooth_next(*back)).abs().sum(dim=1)
             # Mean difference over the window's pixels that both frames hold.
             held = box_mean(both, window, window // 2)
