@@ -67,9 +67,11 @@ class LevelSpec:
     crop_size: int | None = None   # default spatial crop of the output (largest levels), None: whole frame
 
 
-def _pyramid(shapes, crop_frames=8, context=2, last_crop_size=None):
+def _pyramid(shapes, crop_frames=8, context=3, last_crop_size=None):
     """Build a preset from [(frames, size), ...], level 1 first. Factors are the ratios
     between consecutive levels; level 1 always sees its whole clip (no partial view).
+    `context` 3: the default upsampling generator's temporal receptive field
+    (upsample_level.UpsampleGenerator), so its windows give exactly the whole video.
     `last_crop_size`: the finest level also trains on spatial crops of that size (its
     frames are the largest: a spatial crop keeps its training step as cheap as the
     level below's; the generator is fully convolutional, so it samples whole frames)."""

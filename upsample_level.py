@@ -10,7 +10,9 @@ faithful to c while adding the detail c lacks:
       -> keep the central t - 2K frames    (B, C, t-2K, h, w)    the context is only read
       -> learned temporal upsampling       (B, C, (t-2K)*tf, h, w)
       -> residual up-blocks per frame      (B, C', (t-2K)*tf, h*sf, w*sf)
-      -> + interpolated condition, tanh    (B, 3, crop, H, W) in [-1, 1]
+      -> + interpolated condition          (B, 3, crop, H, W), clamped to [-1, 1]
+      -> frames aligned with c: each sf x sf block's mean set to c's pixel
+      -> frames in between: block-matched from the aligned frames on each side
 
 Training never sees the whole video: each example is a *partial view*, a crop of
 `crop_frames` output frames plus the matching condition frames with `context`
@@ -104,6 +106,15 @@ class UpsampleConfig(TrainConfig):
                                    "base's in-between frames follow (block matching between "
                                    "condition frames; the built-in data moves 1)", "[0, inf)",
                                 zero_means="in-between frames are cross-fades (the old base)")
+    exact_condition: bool = option(True, "G's condition-aligned frames give their condition "
+                                         "frame back exactly: each sf x sf block's mean is set to "
+                                         "the condition pixel under it (--no-exact-condition: the "
+                                         "learned frames as they come, as before)")
+    inbetween: str = option("matched", "how G makes the frames between condition-aligned ones: "
+                                       "matched (block matching between its own aligned output "
+                                       "frames, --motion-radius) or learned (learned detail on a "
+                                       "base matched between condition frames, as before)",
+                            choices=["matched", "learned"])
     encoder_blocks: int = option(1, "3-D residual blocks that read the condition (each adds 2 "
                                     "condition frames of temporal receptive field)", "[0, inf)",
                                  zero_means="none (ablation)")
@@ -146,7 +157,7 @@ class UpsampleConfig(TrainConfig):
 
 ARCHITECTURE_FIELDS = ("preset", "level", "class_conditional", "z_dim", "g_ch", "d_ch",
                        "encoder_blocks", "matching", "matching_pool", "temporal_pool", "padding",
-                       "motion_radius")
+                       "motion_radius", "exact_condition", "inbetween")
 
 
 # ----------------------------------------------------------------------------------
@@ -370,26 +381,32 @@ class UpsampleGenerator(nn.Module):
     then `encoder_blocks` residual blocks of two 3x3x3 convolutions (2 frames each),
     then the temporal upsampling, a 1x3x3 convolution whose output channels are
     split into tf sub-frames (none); the decoder works frame by frame (none); the
-    interpolated base reads frame j+1 (1). So output frame j*tf + r depends on
-    condition frames j - R ... j + R with
+    interpolated base reads frame j+1 (1). In-between frames made by matching
+    (inbetween="matched", the default) read the aligned output frame j+1, itself
+    made from condition frames j+1 +- 2*encoder_blocks. So output frame j*tf + r
+    depends on condition frames j - R ... j + R (at most) with
 
-        R = max(2 * encoder_blocks, 1)
+        R = 2 * encoder_blocks + 1        matched in-between frames (the default)
+        R = max(2 * encoder_blocks, 1)    learned in-between frames
 
     Padding only reaches frames within R of a window's edge, so when the
     context K >= R the output is exactly what running the whole video at once
     gives: the property windowed sampling relies on (tested in tests/).
     Noise: z enters every block through conditional batch norm (BigGAN); there is
     no per-pixel noise, so every window of one video uses the same z and agrees.
-    The defaults of z_dim, ch, encoder_blocks, padding_mode and motion_radius are
-    the command line's (--z-dim, --g-ch, --encoder-blocks, --padding, --motion-radius).
+    The defaults of z_dim, ch, encoder_blocks, padding_mode, motion_radius,
+    exact_condition and inbetween are the command line's (--z-dim, --g-ch,
+    --encoder-blocks, --padding, --motion-radius, --exact-condition, --inbetween).
     """
 
     def __init__(self, time_factor: int, space_factor: int, z_dim: int = 64, ch: int = 16,
                  encoder_blocks: int = 1, num_classes: int = 0, padding_mode: str = "replicate",
-                 motion_radius: int = 1):
+                 motion_radius: int = 1, exact_condition: bool = True, inbetween: str = "matched"):
         super().__init__()
+        if inbetween not in ("matched", "learned"):
+            raise ValueError(f"inbetween must be 'matched' or 'learned', got {inbetween!r}")
         self.time_factor, self.space_factor = time_factor, space_factor
-        self.motion_radius = motion_radius
+        self.motion_radius, self.exact_condition, self.inbetween = motion_radius, exact_condition, inbetween
         self.z_dim, self.num_classes, self.encoder_blocks = z_dim, num_classes, encoder_blocks
         ups = int(round(torch.log2(torch.tensor(float(space_factor))).item()))
         if 2**ups != space_factor:
@@ -423,6 +440,8 @@ class UpsampleGenerator(nn.Module):
 
     def temporal_receptive_field(self) -> int:
         """R: output frame j*tf + r depends on condition frames j-R .. j+R (see class doc)."""
+        if self.inbetween == "matched" and self.time_factor > 1:
+            return 2 * self.encoder_blocks + 1     # the aligned frame j+1, which reads j+1 +- 2*blocks
         return max(2 * self.encoder_blocks, 1)
 
     # z ~ N(0, I) or the truncated normal: the same as level 1's (it only needs z_dim).
@@ -439,12 +458,17 @@ class UpsampleGenerator(nn.Module):
         x = self.stem(condition)                                 # (B, C, t, h, w)
         for block in self.encoder:
             x = block(x, cond)
-        x = x[:, :, context:context + keep]                      # (B, C, keep, h, w): drop context
-        x = self.to_subframes(F.relu(x))                         # (B, C*tf, keep, h, w)
         tf = self.time_factor
-        # (B, C*tf, keep, h, w) -> (B, C, tf, keep, h, w) -> (B, C, keep, tf, h, w) -> (B, C, keep*tf, h, w)
-        x = x.view(b, -1, tf, keep, h, w).transpose(2, 3).flatten(2, 3)
-        frames = keep * tf
+        # Matched in-between frames are made from the aligned frames on both sides, so
+        # the frame after the last kept one is made too, where the condition has it
+        # (and cut at the end); at a video's last frame there is none, and the last
+        # in-between frames repeat it, as the base does.
+        made = min(keep + 1, t - context) if self.inbetween == "matched" and tf > 1 else keep
+        x = x[:, :, context:context + made]                      # (B, C, made, h, w): drop context
+        x = self.to_subframes(F.relu(x))                         # (B, C*tf, made, h, w)
+        # (B, C*tf, made, h, w) -> (B, C, tf, made, h, w) -> (B, C, made, tf, h, w) -> (B, C, made*tf, h, w)
+        x = x.view(b, -1, tf, made, h, w).transpose(2, 3).flatten(2, 3)
+        frames = made * tf
         x = x.transpose(1, 2).flatten(0, 1)                      # (B*T, C, h, w): frame by frame
         frame_cond = cond.repeat_interleave(frames, dim=0)
         for block in self.up_blocks:
@@ -467,7 +491,42 @@ class UpsampleGenerator(nn.Module):
         # for the encoder): the same base, without matching frames that are cut.
         kept = condition[:, :, context:context + keep + 1]
         base = motion_interpolate_condition(kept, tf, self.space_factor, self.motion_radius)[:, :, :frames]
-        return (base + self.detail_gain * detail).clamp(-1.0, 1.0)
+        video = base + self.detail_gain * detail
+        aligned = video[:, :, ::tf]                              # (B, 3, made, H, W): frames j*tf
+        # Condition-aligned frame j*tf is condition frame j at a finer resolution: the
+        # mean of each sf x sf block of it *is* the condition pixel under it (data.down
+        # makes the condition that way). Learned freely, the frames came out with
+        # those means off (about 0.04 on average at level 2), in colour as much as in
+        # brightness: the colour fringes around objects. Here they are set exactly,
+        # and the learned detail only decides how each block's colour spreads over
+        # its pixels (tests/test_quality_causes.py).
+        if self.exact_condition:
+            aligned = self.give_back_condition(aligned, kept[:, :, :made])
+        if self.inbetween == "matched" and tf > 1:
+            # In-between frames from the output's own aligned frames j*tf and (j+1)*tf,
+            # by the same block matching as the base, now between full-resolution
+            # frames (windows of 3x3 pixels, on frames blurred 2 wide): the objects in
+            # a new frame are the sharp ones of the frames around it, moved to where
+            # they are halfway. Made from the coarse condition, with learned detail on
+            # top, the in-between frames were blurred where the aligned ones were not,
+            # and the learned detail did not know where the base's edges were
+            # (docs/quality.md, section 12). Frames j*tf come back unchanged.
+            video = motion_interpolate_condition(aligned, tf, 1, self.motion_radius)
+        else:                                                    # learned: put the aligned frames back
+            video = torch.stack([aligned] + [video[:, :, r::tf] for r in range(1, tf)], 3).flatten(2, 3)
+        return video[:, :, :keep * tf].clamp(-1.0, 1.0)
+
+    def give_back_condition(self, frames: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """frames (B, 3, t, H, W) with each sf x sf block's mean moved to the condition
+        pixel under it: frames - up(pool(frames)) + up(condition), up repeating a pixel
+        over its block. Keeps what varies inside a block; down(result) == condition."""
+        sf = self.space_factor
+        if sf == 1:
+            return condition                                     # a 1x1 block is its condition pixel
+        b, c, t, h, w = frames.shape
+        means = F.avg_pool2d(frames.transpose(1, 2).reshape(b * t, c, h, w), sf)
+        means = means.view(b, t, c, h // sf, w // sf).transpose(1, 2)            # (B, 3, t, h/sf, w/sf)
+        return frames + (condition - means).repeat_interleave(sf, dim=-2).repeat_interleave(sf, dim=-1)
 
 
 def build_generator(config: dict, num_classes: int) -> UpsampleGenerator:
@@ -475,7 +534,8 @@ def build_generator(config: dict, num_classes: int) -> UpsampleGenerator:
     spec = level_spec(config["preset"], config["level"])
     return UpsampleGenerator(spec.time_factor, spec.space_factor, config["z_dim"], config["g_ch"],
                              config["encoder_blocks"], num_classes if config["class_conditional"] else 0,
-                             config.get("padding", "zeros"), config.get("motion_radius", 0))
+                             config.get("padding", "zeros"), config.get("motion_radius", 0),
+                             config.get("exact_condition", False), config.get("inbetween", "learned"))
 
 
 # ----------------------------------------------------------------------------------
@@ -815,7 +875,8 @@ def main(argv=None) -> None:
 
     torch.manual_seed(cfg.seed)                     # identical initial weights on every rank
     generator = UpsampleGenerator(spec.time_factor, spec.space_factor, cfg.z_dim, cfg.g_ch,
-                                  cfg.encoder_blocks, num_classes, cfg.padding, cfg.motion_radius).to(device)
+                                  cfg.encoder_blocks, num_classes, cfg.padding, cfg.motion_radius,
+                                  cfg.exact_condition, cfg.inbetween).to(device)
     discriminators = {
         "spatial": SpatialDiscriminator(3, cfg.d_ch, size, cfg.k_frames, num_classes).to(device),
         "temporal": TemporalDiscriminator(3, cfg.d_ch, size, num_classes,
@@ -840,6 +901,8 @@ def main(argv=None) -> None:
         ckpt["config"].setdefault("temporal_pool", True)   # written before these flags existed
         ckpt["config"].setdefault("padding", "zeros")
         ckpt["config"].setdefault("motion_radius", 0)
+        ckpt["config"].setdefault("exact_condition", False)
+        ckpt["config"].setdefault("inbetween", "learned")
         check_architecture(ckpt["config"], cfg, ARCHITECTURE_FIELDS, ckpt_path)
         step = restore_checkpoint(ckpt, models, optimizers, ckpt_path)
         if dist.is_main:

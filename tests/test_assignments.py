@@ -459,7 +459,7 @@ def check_partial_view(level_example_fn):
     """level_example_fn(video (C, T, H, W), preset, level, crop_frames, context, crop_size,
     rng, crop_start) -> {"target", "condition", "crop_start"}, as data.level_example.
 
-    Tiny preset, level 2 (tf = sf = 2, 16 frames of 32x32, crop 8, context K = 2).
+    Tiny preset, level 2 (tf = sf = 2, 16 frames of 32x32, crop 8, context K = 3).
     Time: frame t of the clip is filled with the value t + 1, so every frame says which
     it is (and none looks like zero padding). For each crop start s, target frame i
     must be clip frame s + i, and condition frame k must be clip frame

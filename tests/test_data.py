@@ -25,7 +25,8 @@ def test_presets_shapes_chain():
             assert fine.frames == coarse.frames * fine.time_factor
             assert fine.size == coarse.size * fine.space_factor
     assert [(s.frames, s.size) for s in PRESETS["kinetics600"]] == [(12, 64), (24, 128), (48, 256)]
-    assert level_spec("tiny", 2).crop_frames == 8 and level_spec("tiny", 2).context == 2
+    # Context 3: the default upsampling generator's temporal receptive field.
+    assert level_spec("tiny", 2).crop_frames == 8 and level_spec("tiny", 2).context == 3
     assert level_spec("tiny", 1).crop_frames == 8 and level_spec("tiny", 1).context == 0
     with pytest.raises(UserError, match="tiny"):
         level_spec("huge", 1)
@@ -55,7 +56,7 @@ def test_pad_condition_replicates_edge_frames():
 
 @pytest.mark.parametrize("crop_start", [0, 4, 8])
 def test_level_example_condition_lines_up_with_target(crop_start):
-    spec = level_spec("tiny", 2)  # 16x32x32, tf = sf = 2, crop 8, context 2
+    spec = level_spec("tiny", 2)  # 16x32x32, tf = sf = 2, crop 8, context 3
     video = torch.rand(3, spec.frames, spec.size, spec.size) * 2 - 1
     example = level_example(video, "tiny", 2, crop_start=crop_start)
     target, condition = example["target"], example["condition"]
@@ -77,8 +78,9 @@ def test_level_example_spatial_crop_matches_condition():
     rng = np.random.default_rng(0)
     example = level_example(video, "tiny", 2, crop_size=16, rng=rng)
     assert example["target"].shape == (3, 8, 16, 16)
-    assert example["condition"].shape == (3, 8, 8, 8)
-    assert torch.allclose(example["condition"][:, 2:6], down(example["target"], 2, 2))
+    K = level_spec("tiny", 2).context
+    assert example["condition"].shape == (3, 4 + 2 * K, 8, 8)
+    assert torch.allclose(example["condition"][:, K:K + 4], down(example["target"], 2, 2))
     assert level_example(video[:, :8, :16, :16], "tiny", 1)["target"].shape == (3, 8, 16, 16)
 
 
@@ -196,7 +198,7 @@ def test_loader_is_reproducible_and_resumable():
     again = _batches(make_loader(LevelDataset(base, "tiny", 2, seed=5), 3, num_workers=2), 3)
     for a, b in zip(first, again):
         assert set(a) == {"target", "condition", "crop_start", "label"}
-        assert a["target"].shape == (3, 3, 8, 32, 32) and a["condition"].shape == (3, 3, 8, 16, 16)
+        assert a["target"].shape == (3, 3, 8, 32, 32) and a["condition"].shape == (3, 3, 4 + 2 * 3, 16, 16)
         assert all(torch.equal(a[k], b[k]) for k in a)
     resumed = next(make_loader(dataset, 3, start_batch=2))
     assert torch.equal(resumed["target"], first[2]["target"])

@@ -12,9 +12,9 @@ from discriminators import matching_input
 from training import load_checkpoint
 
 
-def small_generator(tf=2, sf=2, blocks=1):
+def small_generator(tf=2, sf=2, blocks=1, **kwargs):
     torch.manual_seed(0)
-    return up.UpsampleGenerator(tf, sf, z_dim=8, ch=4, encoder_blocks=blocks).eval()
+    return up.UpsampleGenerator(tf, sf, z_dim=8, ch=4, encoder_blocks=blocks, **kwargs).eval()
 
 
 @pytest.mark.parametrize("preset,level", [(p, spec.level) for p, specs in PRESETS.items()
@@ -39,11 +39,15 @@ def test_whole_video_output_has_time_factor_more_frames():
 
 
 @pytest.mark.parametrize("blocks", [1, 2])
-def test_receptive_field(blocks):
-    """Output frame j*tf + r depends on condition frames j-R .. j+R and no others."""
-    generator = small_generator(blocks=blocks)
+@pytest.mark.parametrize("inbetween", ["matched", "learned"])
+def test_receptive_field(blocks, inbetween):
+    """Output frames j*tf + r depend on condition frames j - 2*blocks .. j + R and no
+    others, R = temporal_receptive_field(): 2*blocks + 1 with matched in-between frames
+    (frame j*tf + 1 is made from aligned frames j and j+1), 2*blocks with learned ones
+    (whose base reads frame j+1, inside that)."""
+    generator = small_generator(blocks=blocks, inbetween=inbetween)
     radius = generator.temporal_receptive_field()
-    assert radius == 2 * blocks
+    assert radius == 2 * blocks + (inbetween == "matched")
     condition, z = torch.rand(1, 3, 16, 16, 16) * 2 - 1, torch.randn(1, 8)
     with torch.no_grad():
         before = generator(condition, z)
@@ -54,7 +58,7 @@ def test_receptive_field(blocks):
         with torch.no_grad():
             after = generator(changed, z)
         moved = (after[:, :, 2 * j:2 * j + 2] - before[:, :, 2 * j:2 * j + 2]).abs().max()
-        if abs(frame - j) <= radius:
+        if -2 * blocks <= frame - j <= radius:
             assert moved > 1e-4, f"condition frame {frame} is inside the receptive field"
         else:
             assert moved == 0, f"condition frame {frame} is outside the receptive field"
@@ -112,7 +116,8 @@ def test_training_step_only_builds_crop_length_tensors(tmp_path, monkeypatch, sm
             handle.remove()
         assert code == 0
         longest[frames] = max(seen[:len(seen) // 2])   # the training step (sampling runs last)
-    assert longest[16] == longest[64] <= 8
+    condition_frames = 8 // 2 + 2 * data._pyramid([(8, 16), (16, 32)])[1].context   # crop/tf + 2K
+    assert longest[16] == longest[64] <= max(8, condition_frames)
 
 
 def test_training_writes_checkpoint_and_condition_vs_output_samples(tmp_path, small_upsample_args):
