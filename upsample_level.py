@@ -428,7 +428,10 @@ class UpsampleGenerator(nn.Module):
         self.encoder = nn.ModuleList(EncoderBlock3d(enc_ch, cond_dim, padding_mode)
                                      for _ in range(encoder_blocks))
         # Learned temporal upsampling: one conv gives tf sub-frames' features per frame.
-        self.to_subframes = sn_conv3d(enc_ch, enc_ch * time_factor, (1, 3, 3), padding=(0, 1, 1), **pad)
+        # Matched in-between frames are not learned (forward): then only the aligned
+        # sub-frame is, and the decoder does half the work at tf = 2.
+        self.subframes = 1 if inbetween == "matched" else time_factor
+        self.to_subframes = sn_conv3d(enc_ch, enc_ch * self.subframes, (1, 3, 3), padding=(0, 1, 1), **pad)
         self.up_blocks = nn.ModuleList(
             UpBlock(ch * 2 ** (ups - i), ch * 2 ** (ups - i - 1), cond_dim, padding_mode) for i in range(ups))
         self.out_bn = nn.BatchNorm2d(ch)
@@ -458,17 +461,18 @@ class UpsampleGenerator(nn.Module):
         x = self.stem(condition)                                 # (B, C, t, h, w)
         for block in self.encoder:
             x = block(x, cond)
-        tf = self.time_factor
+        tf, sub = self.time_factor, self.subframes
+        matched = self.inbetween == "matched" and tf > 1
         # Matched in-between frames are made from the aligned frames on both sides, so
         # the frame after the last kept one is made too, where the condition has it
         # (and cut at the end); at a video's last frame there is none, and the last
         # in-between frames repeat it, as the base does.
-        made = min(keep + 1, t - context) if self.inbetween == "matched" and tf > 1 else keep
+        made = min(keep + 1, t - context) if matched else keep
         x = x[:, :, context:context + made]                      # (B, C, made, h, w): drop context
-        x = self.to_subframes(F.relu(x))                         # (B, C*tf, made, h, w)
-        # (B, C*tf, made, h, w) -> (B, C, tf, made, h, w) -> (B, C, made, tf, h, w) -> (B, C, made*tf, h, w)
-        x = x.view(b, -1, tf, made, h, w).transpose(2, 3).flatten(2, 3)
-        frames = made * tf
+        x = self.to_subframes(F.relu(x))                         # (B, C*sub, made, h, w)
+        # (B, C*sub, made, h, w) -> (B, C, sub, made, h, w) -> (B, C, made, sub, h, w) -> (B, C, made*sub, h, w)
+        x = x.view(b, -1, sub, made, h, w).transpose(2, 3).flatten(2, 3)
+        frames = made * sub                                      # sub = tf (learned) or 1 (matched)
         x = x.transpose(1, 2).flatten(0, 1)                      # (B*T, C, h, w): frame by frame
         frame_cond = cond.repeat_interleave(frames, dim=0)
         for block in self.up_blocks:
@@ -490,9 +494,12 @@ class UpsampleGenerator(nn.Module):
         # Only the kept frames and the one after the last (the rest of the context is
         # for the encoder): the same base, without matching frames that are cut.
         kept = condition[:, :, context:context + keep + 1]
-        base = motion_interpolate_condition(kept, tf, self.space_factor, self.motion_radius)[:, :, :frames]
-        video = base + self.detail_gain * detail
-        aligned = video[:, :, ::tf]                              # (B, 3, made, H, W): frames j*tf
+        if sub == 1:                                             # aligned frames only: bilinear c_j
+            aligned = interpolate_condition(kept[:, :, :made], 1, self.space_factor) + self.detail_gain * detail
+        else:
+            base = motion_interpolate_condition(kept, tf, self.space_factor, self.motion_radius)[:, :, :frames]
+            video = base + self.detail_gain * detail
+            aligned = video[:, :, ::tf]                          # (B, 3, made, H, W): frames j*tf
         # Condition-aligned frame j*tf is condition frame j at a finer resolution: the
         # mean of each sf x sf block of it *is* the condition pixel under it (data.down
         # makes the condition that way). Learned freely, the frames came out with
@@ -502,7 +509,7 @@ class UpsampleGenerator(nn.Module):
         # its pixels (tests/test_quality_causes.py).
         if self.exact_condition:
             aligned = self.give_back_condition(aligned, kept[:, :, :made])
-        if self.inbetween == "matched" and tf > 1:
+        if matched:
             # In-between frames from the output's own aligned frames j*tf and (j+1)*tf,
             # by the same block matching as the base, now between full-resolution
             # frames (windows of 3x3 pixels, on frames blurred 2 wide): the objects in
@@ -512,8 +519,10 @@ class UpsampleGenerator(nn.Module):
             # and the learned detail did not know where the base's edges were
             # (docs/quality.md, section 12). Frames j*tf come back unchanged.
             video = motion_interpolate_condition(aligned, tf, 1, self.motion_radius)
-        else:                                                    # learned: put the aligned frames back
+        elif tf > 1:                                             # learned: put the aligned frames back
             video = torch.stack([aligned] + [video[:, :, r::tf] for r in range(1, tf)], 3).flatten(2, 3)
+        else:
+            video = aligned
         return video[:, :, :keep * tf].clamp(-1.0, 1.0)
 
     def give_back_condition(self, frames: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
