@@ -8,7 +8,8 @@ faithful to c while adding the detail c lacks:
     condition c  (B, 3, t, h, w)          t = crop/tf + 2K frames: the crop + context
       -> 3-D encoder at c's resolution     (B, C, t, h, w)       temporal receptive field
       -> keep the central t - 2K frames    (B, C, t-2K, h, w)    the context is only read
-      -> learned temporal upsampling       (B, C, (t-2K)*tf, h, w)
+      -> learned temporal upsampling       (B, C, (t-2K)*tf, h, w)   (only the aligned
+                                                                      frames with --inbetween matched)
       -> residual up-blocks per frame      (B, C', (t-2K)*tf, h*sf, w*sf)
       -> + interpolated condition          (B, 3, crop, H, W), clamped to [-1, 1]
       -> frames aligned with c: each sf x sf block's mean set to c's pixel
@@ -102,9 +103,9 @@ class UpsampleConfig(TrainConfig):
                                        "on) or zeros (the generator can tell where the border is, "
                                        "and draws lines along it)",
                           choices=["zeros", "replicate"])
-    motion_radius: int = option(1, "largest motion, in output pixels per output frame, that the "
-                                   "base's in-between frames follow (block matching between "
-                                   "condition frames; the built-in data moves 1)", "[0, inf)",
+    motion_radius: int = option(1, "largest motion, in output pixels per output frame, that "
+                                   "in-between frames follow (block matching between aligned "
+                                   "frames; the built-in data moves 1)", "[0, inf)",
                                 zero_means="in-between frames are cross-fades (the old base)")
     exact_condition: bool = option(True, "G's condition-aligned frames give their condition "
                                          "frame back exactly: each sf x sf block's mean is set to "
@@ -380,7 +381,8 @@ class UpsampleGenerator(nn.Module):
     Temporal receptive field. Only the encoder mixes frames: a 1x3x3 stem (none),
     then `encoder_blocks` residual blocks of two 3x3x3 convolutions (2 frames each),
     then the temporal upsampling, a 1x3x3 convolution whose output channels are
-    split into tf sub-frames (none); the decoder works frame by frame (none); the
+    split into tf sub-frames (one, the aligned frame, when in-between frames are
+    matched) (none); the decoder works frame by frame (none); the
     interpolated base reads frame j+1 (1). In-between frames made by matching
     (inbetween="matched", the default) read the aligned output frame j+1, itself
     made from condition frames j+1 +- 2*encoder_blocks. So output frame j*tf + r
