@@ -562,7 +562,7 @@ def check_temporal_receptive_field(generator_class):
     """generator_class(time_factor, space_factor, z_dim, ch, encoder_blocks) -> G_l with
     temporal_receptive_field() -> R. R must be the measured one for 0, 1 and 2 encoder
     blocks (each block: two 3x3x3 convolutions, one frame each side each; the
-    interpolated base reads the next condition frame)."""
+    in-between frames read the next aligned frame, made from the next condition frame)."""
     for blocks in (0, 1, 2):
         torch.manual_seed(0)
         generator = generator_class(2, 2, z_dim=8, ch=4, encoder_blocks=blocks).eval()
@@ -574,7 +574,7 @@ def check_temporal_receptive_field(generator_class):
 
 class RFForgetsTheBase(UpsampleGenerator):
     def temporal_receptive_field(self):
-        return 2 * self.encoder_blocks              # 0 with no encoder: but the base reads j+1
+        return 2 * self.encoder_blocks              # 0 with no encoder: but frame j*tf+1 reads j+1
 
 
 class RFOneFramePerBlock(UpsampleGenerator):
