@@ -534,9 +534,7 @@ class UpsampleGenerator(nn.Module):
         sf = self.space_factor
         if sf == 1:
             return condition                                     # a 1x1 block is its condition pixel
-        b, c, t, h, w = frames.shape
-        means = F.avg_pool2d(frames.transpose(1, 2).reshape(b * t, c, h, w), sf)
-        means = means.view(b, t, c, h // sf, w // sf).transpose(1, 2)            # (B, 3, t, h/sf, w/sf)
+        means = down(frames, 1, sf)                                  # (B, 3, t, h/sf, w/sf)
         return frames + (condition - means).repeat_interleave(sf, dim=-2).repeat_interleave(sf, dim=-1)
 
 
