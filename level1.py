@@ -7,6 +7,7 @@ and pixels. This file holds the level's generator and its complete training loop
 
     z ~ N(0, I)  (B, z_dim)                              (+ class label, optional)
       -> linear -> 4x4 feature map                        (B, C, 4, 4)
+      -> + a clock: sines of the frame index t            (B, T, C, 4, 4)
       -> [ConvGRU over T frames -> residual up-block] x n (B, T, C', 2H, 2W) ...
       -> BN, ReLU, conv, tanh                             (B, 3, T, H, W) in [-1, 1]
 
@@ -67,6 +68,13 @@ class Level1Config(TrainConfig):
     temporal_pool: bool = option(False, "D_T sees the clip 2x average-pooled in space, as DVD-GAN's "
                                         "(cheaper; the default --no-temporal-pool: full resolution, "
                                         "where a one-pixel move and a cross-fade differ)")
+    # A clock in the ConvGRU's input (Level1Generator.clock_input): with the same
+    # input at every frame, level 1's motion died out past its training length and a
+    # 4x unroll froze; with it the last quarter moves as much as the first, and the
+    # clips are harder to tell from real ones, on two seeds (docs/quality.md section 13).
+    clock: bool = option(True, "add a random-phase clock (sines of the frame index) to the ConvGRU's "
+                               "input (--no-clock: the same input at every frame, as DVD-GAN, "
+                               "whose motion dies out past the training length)")
 
     def check(self) -> None:
         """Flag combinations level 1 cannot train with (see TrainConfig.check)."""
@@ -79,7 +87,8 @@ class Level1Config(TrainConfig):
 
 
 # These fields decide the shapes of the weights: resuming with others is an error.
-ARCHITECTURE_FIELDS = ("preset", "class_conditional", "z_dim", "g_ch", "d_ch", "temporal_pool")
+ARCHITECTURE_FIELDS = ("preset", "class_conditional", "z_dim", "g_ch", "d_ch", "temporal_pool",
+                       "clock")
 
 
 # ----------------------------------------------------------------------------------
@@ -173,8 +182,12 @@ class Level1Generator(nn.Module):
     The defaults of z_dim and ch are the command line's (--z-dim, --g-ch).
     """
 
+    # The clock's periods, in level-1 frames (see clock_input): from faster than one clip
+    # to eight clips, so a clip sees whole cycles and near-straight stretches.
+    CLOCK_PERIODS = (8, 16, 32, 64)
+
     def __init__(self, frames: int, size: int, z_dim: int = 120, ch: int = 16,
-                 num_classes: int = 0):
+                 num_classes: int = 0, clock: bool = True):
         super().__init__()
         self.frames, self.size, self.z_dim, self.num_classes = frames, size, z_dim, num_classes
         groups = int(round(torch.log2(torch.tensor(size / 4)).item()))
@@ -186,6 +199,11 @@ class Level1Generator(nn.Module):
         cond_dim = 2 * z_dim if num_classes else z_dim
         self.widths = widths
         self.to_map = sn_linear(z_dim, widths[0] * 4 * 4)
+        self.clock = clock
+        if clock:
+            periods = torch.tensor(self.CLOCK_PERIODS, dtype=torch.float32)
+            self.register_buffer("clock_speeds", 2 * torch.pi / periods, persistent=False)
+            self.clock_map = sn_linear(2 * len(self.CLOCK_PERIODS), widths[0] * 4 * 4, bias=False)
         self.rnns = nn.ModuleList(ConvGRU(widths[i]) for i in range(groups))
         self.blocks = nn.ModuleList(UpBlock(widths[i], widths[i + 1], cond_dim) for i in range(groups))
         self.out_bn = nn.BatchNorm2d(widths[-1])
@@ -207,9 +225,12 @@ class Level1Generator(nn.Module):
         batch = z.shape[0]
         cond = torch.cat([z, self.embed(labels)], dim=1) if self.embed is not None else z
         cond = cond.repeat_interleave(frames, dim=0)            # (B, D) -> (B*T, D)
-        # The 4x4 map from z is the ConvGRU's input at every frame (DVD-GAN).
+        # The 4x4 map from z is the ConvGRU's input at every frame (DVD-GAN), plus the
+        # clock, which differs from frame to frame (clock_input says why).
         x = self.to_map(z).view(batch, 1, self.widths[0], 4, 4)
         x = x.expand(batch, frames, self.widths[0], 4, 4)        # (B, T, C, 4, 4)
+        if self.clock:
+            x = x + self.clock_input(z, frames)
         for rnn, block in zip(self.rnns, self.blocks):
             x = rnn(x)                                           # (B, T, C, H, W)
             x = block(x.flatten(0, 1), cond)                     # (B*T, C', 2H, 2W)
@@ -219,11 +240,38 @@ class Level1Generator(nn.Module):
         return x.unflatten(0, (batch, frames)).transpose(1, 2)   # (B, 3, T, S, S)
 
 
+    def clock_input(self, z: torch.Tensor, frames: int, start: int = 0) -> torch.Tensor:
+        """The clock's share of the ConvGRU's input at frames start .. start + T - 1:
+        (B, T, C, 4, 4).
+
+        With the same input at every frame (DVD-GAN), the ConvGRU is a fixed map
+        iterated from h_0 = 0, and the motion it makes is the transient on the way to
+        that map's fixed point: trained on 8 frames, it is free to be over by frame
+        20, and unrolled 4x the video freezes. The clock gives each frame its own
+        input, sines of the frame index t with a random phase per clip:
+
+            clock_t = [sin(w_k t + p_k), cos(w_k t + p_k)]   k = 1..K, w_k = 2 pi / period_k
+            input_t = to_map(z) + clock_map(clock_t)          (clock_map: learned, linear)
+
+        Because the phase p_k is uniform on [0, 2 pi), clock_t has the same
+        distribution at every t, frame 100 as well as frame 3: nothing in the input
+        tells the network that the clip has gone on longer than the ones it trained
+        on. The phases come from z (p_k = 2 pi Phi(z_k), Phi the normal CDF, uniform
+        for z_k ~ N(0, 1)), so a video is still a function of its z alone.
+        """
+        t = torch.arange(start, start + frames, device=z.device, dtype=torch.float32)
+        phase = 2 * torch.pi * 0.5 * (1 + torch.erf(z[:, :len(self.CLOCK_PERIODS)].float() / 2 ** 0.5))
+        angle = t[None, :, None] * self.clock_speeds + phase[:, None, :]   # (B, T, K)
+        clock = torch.cat([angle.sin(), angle.cos()], dim=2).to(z.dtype)   # (B, T, 2K)
+        return self.clock_map(clock).view(z.shape[0], frames, self.widths[0], 4, 4)
+
+
 def build_generator(config: dict, num_classes: int) -> Level1Generator:
     """Rebuild the generator from a checkpoint's config (used by sample.py)."""
     spec = level_spec(config["preset"], 1)
     return Level1Generator(spec.frames, spec.size, config["z_dim"], config["g_ch"],
-                           num_classes if config["class_conditional"] else 0)
+                           num_classes if config["class_conditional"] else 0,
+                           clock=config.get("clock", False))   # False: written before the flag
 
 
 # ----------------------------------------------------------------------------------
@@ -313,7 +361,8 @@ def main(argv=None) -> None:
 
     # Models: G, its EMA copy (used for every sample), and the two discriminators.
     torch.manual_seed(cfg.seed)                     # identical initial weights on every rank
-    generator = Level1Generator(spec.frames, spec.size, cfg.z_dim, cfg.g_ch, num_classes).to(device)
+    generator = Level1Generator(spec.frames, spec.size, cfg.z_dim, cfg.g_ch, num_classes,
+                                clock=cfg.clock).to(device)
     discriminators = {
         "spatial": SpatialDiscriminator(3, cfg.d_ch, spec.size, cfg.k_frames, num_classes).to(device),
         "temporal": TemporalDiscriminator(3, cfg.d_ch, spec.size, num_classes,
@@ -334,6 +383,7 @@ def main(argv=None) -> None:
     if cfg.resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, level=1, preset=cfg.preset)
         ckpt["config"].setdefault("temporal_pool", True)   # written before the flag existed
+        ckpt["config"].setdefault("clock", False)          # likewise
         check_architecture(ckpt["config"], cfg, ARCHITECTURE_FIELDS, ckpt_path)
         step = restore_checkpoint(ckpt, models, optimizers, ckpt_path)
         if dist.is_main:

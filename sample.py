@@ -388,19 +388,22 @@ def level1_chunks(generator: level1.Level1Generator, z: torch.Tensor, labels: to
     (B, 3, c, S, S) pieces on `host`, c <= chunk, which concatenate to g1(z, frames=frames).
 
     This is Level1Generator.forward with one change: each ConvGRU starts a chunk from
-    the hidden state h its previous chunk ended in, instead of h_0 = 0. Nothing else
-    in level 1 crosses frames: the up-blocks and the output convolution work frame by
+    the hidden state h its previous chunk ended in, instead of h_0 = 0 (and the clock
+    in its input reads the chunk's own frame indices). Nothing else in level 1 crosses
+    frames: the up-blocks and the output convolution work frame by
     frame, and conditional batch norm in eval mode normalises with its running
     statistics (a per-frame affine map), so a chunk needs only the GRU states
     (one (B, C, H, W) tensor per group) to continue exactly where the last one stopped.
     """
     batch = z.shape[0]
     cond = torch.cat([z, generator.embed(labels)], dim=1) if generator.embed is not None else z
-    first_map = generator.to_map(z).view(batch, generator.widths[0], 4, 4)   # every frame's input
+    first_map = generator.to_map(z).view(batch, generator.widths[0], 4, 4)   # every frame's, + clock
     states = [None] * len(generator.rnns)                  # h of each ConvGRU, carried over
     for start in range(0, frames, chunk):
         n = min(chunk, frames - start)
         x = first_map.unsqueeze(1).expand(batch, n, *first_map.shape[1:])   # (B, n, C, 4, 4)
+        if generator.clock:                                  # the clock reads the frame index
+            x = x + generator.clock_input(z, n, start)
         for group, (rnn, block) in enumerate(zip(generator.rnns, generator.blocks)):
             h = torch.zeros_like(x[:, 0]) if states[group] is None else states[group]
             outputs = []

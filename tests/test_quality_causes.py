@@ -4,6 +4,7 @@ before the fix, so the cause cannot come back unnoticed."""
 
 import torch
 
+import level1
 import upsample_level as up
 
 
@@ -229,3 +230,49 @@ def test_matched_in_between_frames_are_the_aligned_output_frames_moved_halfway()
     assert (old.exact_condition, old.inbetween) == (False, "learned")
     new = up.build_generator({**config, "exact_condition": True, "inbetween": "matched"}, 0)
     assert (new.exact_condition, new.inbetween) == (True, "matched")
+
+
+def _motion_by_segment(video, segments):
+    """mean |x_t - x_{t-1}| of a (B, 3, T, H, W) video, per run of T // segments frames."""
+    steps = (video[:, :, 1:] - video[:, :, :-1]).abs().mean(dim=(0, 1, 3, 4))   # (T - 1,)
+    return [part.mean().item() for part in steps.chunk(segments)]
+
+
+def test_level1_keeps_moving_past_its_training_length():
+    # Level 1's ConvGRU got the same input at every frame (DVD-GAN): a fixed map,
+    # iterated from h_0 = 0, whose motion is the transient on the way to that map's
+    # fixed point. Already at initialisation the transient is over within a few
+    # frames and a 16x unroll stands still; trained, level 1 froze past 2x its length
+    # (the 4x-horizon row of docs/quality.md). With the clock in its input, the last
+    # quarter of the unroll moves as much as the second: the input's distribution is
+    # the same at every frame, so nothing can run down.
+    for seed in range(2):
+        torch.manual_seed(seed)
+        generator = level1.Level1Generator(frames=8, size=16, z_dim=16, ch=8, clock=True).eval()
+        with torch.no_grad():
+            video = generator(torch.randn(16, 16), frames=128)
+        quarters = _motion_by_segment(video, 4)
+        assert quarters[3] > 0.8 * quarters[1] > 0, (seed, quarters)
+        torch.manual_seed(seed)
+        without = level1.Level1Generator(frames=8, size=16, z_dim=16, ch=8, clock=False).eval()
+        with torch.no_grad():
+            quarters = _motion_by_segment(without(torch.randn(16, 16), frames=128), 4)
+        assert quarters[3] < 1e-3 * quarters[0], (seed, quarters)   # the cause: it stands still
+
+
+def test_level1_clock_input_has_the_same_distribution_at_every_frame():
+    # The clock's phases are uniform (2 pi Phi(z_k)), so frame 1000's input is drawn
+    # like frame 0's: compare mean and spread per feature over many latents.
+    generator = level1.Level1Generator(frames=8, size=16, z_dim=16, ch=8, clock=True)
+    z = torch.randn(20000, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        first = generator.clock_input(z, 1, start=0)[:, 0].flatten(1)      # (N, C*16)
+        late = generator.clock_input(z, 1, start=1000)[:, 0].flatten(1)
+        inputs = generator.clock_input(z[:4], 8)                           # frames 0..7
+    scale = first.std(dim=0).mean()
+    assert (first.mean(0) - late.mean(0)).abs().max() < 0.05 * scale
+    assert (first.std(0) - late.std(0)).abs().max() < 0.05 * scale
+    # ... and it does change from frame to frame (the same input at every frame was the cause).
+    assert (inputs[:, 1:] - inputs[:, :-1]).abs().amax(dim=(2, 3, 4)).min() > 1e-3 * scale
+    # Unrolling in pieces reads the same clock: frames 5..7 of one call are a call from 5.
+    torch.testing.assert_close(generator.clock_input(z[:4], 3, start=5), inputs[:, 5:])
