@@ -119,7 +119,8 @@ def test_the_generator_class_defaults_are_the_command_line_defaults():
     import inspect
     defaults = inspect.signature(level1.Level1Generator).parameters
     cfg = level1.Level1Config()
-    assert (defaults["z_dim"].default, defaults["ch"].default) == (cfg.z_dim, cfg.g_ch)
+    assert (defaults["z_dim"].default, defaults["ch"].default, defaults["clock"].default) == (
+        cfg.z_dim, cfg.g_ch, cfg.clock)
 
 
 def test_the_losses_are_the_weighted_hinge_losses_of_both_discriminators():

@@ -276,3 +276,14 @@ def test_level1_clock_input_has_the_same_distribution_at_every_frame():
     assert (inputs[:, 1:] - inputs[:, :-1]).abs().amax(dim=(2, 3, 4)).min() > 1e-3 * scale
     # Unrolling in pieces reads the same clock: frames 5..7 of one call are a call from 5.
     torch.testing.assert_close(generator.clock_input(z[:4], 3, start=5), inputs[:, 5:])
+
+
+def test_level1_checkpoints_from_before_the_clock_rebuild_without_it():
+    # A config written before --clock existed has no "clock" entry: its generator had
+    # no clock_map, and must rebuild as it was (the weights load, key for key).
+    old = level1.Level1Generator(frames=8, size=16, z_dim=16, ch=8, clock=False)
+    config = {"preset": "tiny", "z_dim": 16, "g_ch": 8, "class_conditional": False}
+    rebuilt = level1.build_generator(config, 0)
+    assert not rebuilt.clock and not hasattr(rebuilt, "clock_map")
+    rebuilt.load_state_dict(old.state_dict())                      # strict: the same keys
+    assert hasattr(level1.build_generator({**config, "clock": True}, 0), "clock_map")
