@@ -179,7 +179,7 @@ class Level1Generator(nn.Module):
     frames at the current resolution followed by a residual block that doubles it.
     Widths halve as the resolution doubles, from g_ch * min(8, 2**groups) at 4x4
     down to g_ch at S x S (tiny, S=16: 64 -> 32 -> 16 with the default g_ch=16).
-    The defaults of z_dim and ch are the command line's (--z-dim, --g-ch).
+    The defaults of z_dim, ch and clock are the command line's (--z-dim, --g-ch, --clock).
     """
 
     # The clock's periods, in level-1 frames (see clock_input): from faster than one clip
@@ -238,7 +238,6 @@ class Level1Generator(nn.Module):
         x = x.flatten(0, 1)                                      # (B*T, C, S, S)
         x = torch.tanh(self.to_rgb(F.relu(self.out_bn(x))))      # (B*T, 3, S, S)
         return x.unflatten(0, (batch, frames)).transpose(1, 2)   # (B, 3, T, S, S)
-
 
     def clock_input(self, z: torch.Tensor, frames: int, start: int = 0) -> torch.Tensor:
         """The clock's share of the ConvGRU's input at frames start .. start + T - 1:

@@ -390,10 +390,10 @@ def level1_chunks(generator: level1.Level1Generator, z: torch.Tensor, labels: to
     This is Level1Generator.forward with one change: each ConvGRU starts a chunk from
     the hidden state h its previous chunk ended in, instead of h_0 = 0 (and the clock
     in its input reads the chunk's own frame indices). Nothing else in level 1 crosses
-    frames: the up-blocks and the output convolution work frame by
-    frame, and conditional batch norm in eval mode normalises with its running
-    statistics (a per-frame affine map), so a chunk needs only the GRU states
-    (one (B, C, H, W) tensor per group) to continue exactly where the last one stopped.
+    frames: the up-blocks and the output convolution work frame by frame, and
+    conditional batch norm in eval mode normalises with its running statistics (a
+    per-frame affine map), so a chunk needs only the GRU states (one (B, C, H, W)
+    tensor per group) to continue exactly where the last one stopped.
     """
     batch = z.shape[0]
     cond = torch.cat([z, generator.embed(labels)], dim=1) if generator.embed is not None else z
