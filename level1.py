@@ -225,12 +225,7 @@ class Level1Generator(nn.Module):
         batch = z.shape[0]
         cond = torch.cat([z, self.embed(labels)], dim=1) if self.embed is not None else z
         cond = cond.repeat_interleave(frames, dim=0)            # (B, D) -> (B*T, D)
-        # The 4x4 map from z is the ConvGRU's input at every frame (DVD-GAN), plus the
-        # clock, which differs from frame to frame (clock_input says why).
-        x = self.to_map(z).view(batch, 1, self.widths[0], 4, 4)
-        x = x.expand(batch, frames, self.widths[0], 4, 4)        # (B, T, C, 4, 4)
-        if self.clock:
-            x = x + self.clock_input(z, frames)
+        x = self.frame_inputs(z, frames)                         # (B, T, C, 4, 4)
         for rnn, block in zip(self.rnns, self.blocks):
             x = rnn(x)                                           # (B, T, C, H, W)
             x = block(x.flatten(0, 1), cond)                     # (B*T, C', 2H, 2W)
@@ -238,6 +233,14 @@ class Level1Generator(nn.Module):
         x = x.flatten(0, 1)                                      # (B*T, C, S, S)
         x = torch.tanh(self.to_rgb(F.relu(self.out_bn(x))))      # (B*T, 3, S, S)
         return x.unflatten(0, (batch, frames)).transpose(1, 2)   # (B, 3, T, S, S)
+
+    def frame_inputs(self, z: torch.Tensor, frames: int, start: int = 0) -> torch.Tensor:
+        """The first ConvGRU's input at frames start .. start + T - 1: (B, T, C, 4, 4).
+        The 4x4 map from z, the same at every frame (DVD-GAN), plus the clock, which
+        differs from frame to frame (clock_input says why)."""
+        batch = z.shape[0]
+        x = self.to_map(z).view(batch, 1, self.widths[0], 4, 4).expand(batch, frames, self.widths[0], 4, 4)
+        return x + self.clock_input(z, frames, start) if self.clock else x
 
     def clock_input(self, z: torch.Tensor, frames: int, start: int = 0) -> torch.Tensor:
         """The clock's share of the ConvGRU's input at frames start .. start + T - 1:

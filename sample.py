@@ -397,13 +397,10 @@ def level1_chunks(generator: level1.Level1Generator, z: torch.Tensor, labels: to
     """
     batch = z.shape[0]
     cond = torch.cat([z, generator.embed(labels)], dim=1) if generator.embed is not None else z
-    first_map = generator.to_map(z).view(batch, generator.widths[0], 4, 4)   # every frame's, + clock
     states = [None] * len(generator.rnns)                  # h of each ConvGRU, carried over
     for start in range(0, frames, chunk):
         n = min(chunk, frames - start)
-        x = first_map.unsqueeze(1).expand(batch, n, *first_map.shape[1:])   # (B, n, C, 4, 4)
-        if generator.clock:                                  # the clock reads the frame index
-            x = x + generator.clock_input(z, n, start)
+        x = generator.frame_inputs(z, n, start)                             # (B, n, C, 4, 4)
         for group, (rnn, block) in enumerate(zip(generator.rnns, generator.blocks)):
             h = torch.zeros_like(x[:, 0]) if states[group] is None else states[group]
             outputs = []

@@ -534,7 +534,7 @@ class UpsampleGenerator(nn.Module):
         sf = self.space_factor
         if sf == 1:
             return condition                                     # a 1x1 block is its condition pixel
-        means = down(frames, 1, sf)                                  # (B, 3, t, h/sf, w/sf)
+        means = down(frames, 1, sf)                              # (B, 3, t, h/sf, w/sf)
         return frames + (condition - means).repeat_interleave(sf, dim=-2).repeat_interleave(sf, dim=-1)
 
 
