@@ -262,7 +262,7 @@ class Level1Generator(nn.Module):
         for z_k ~ N(0, 1)), so a video is still a function of its z alone.
         """
         t = torch.arange(start, start + frames, device=z.device, dtype=torch.float32)
-        phase = 2 * torch.pi * 0.5 * (1 + torch.erf(z[:, :len(self.CLOCK_PERIODS)].float() / 2 ** 0.5))
+        phase = 2 * torch.pi * torch.special.ndtr(z[:, :len(self.CLOCK_PERIODS)].float())   # 2 pi Phi(z_k)
         angle = t[None, :, None] * self.clock_speeds + phase[:, None, :]   # (B, T, K)
         clock = torch.cat([angle.sin(), angle.cos()], dim=2).to(z.dtype)   # (B, T, 2K)
         return self.clock_map(clock).view(z.shape[0], frames, self.widths[0], 4, 4)
