@@ -107,6 +107,11 @@ class UpsampleConfig(TrainConfig):
                                    "in-between frames follow (block matching between aligned "
                                    "frames; the built-in data moves 1)", "[0, inf)",
                                 zero_means="in-between frames are cross-fades (the old base)")
+    global_motion: bool = option(True, "where block matching cannot tell the motion (a flat or "
+                                       "finely textured background, or beside an object), "
+                                       "in-between pixels follow the frame's own motion "
+                                       "(motion_interpolate_condition; --no-global-motion: the "
+                                       "window's motion everywhere, as before)")
     exact_condition: bool = option(True, "G's condition-aligned frames give their condition "
                                          "frame back exactly: each sf x sf block's mean is set to "
                                          "the condition pixel under it (--no-exact-condition: the "
@@ -158,7 +163,7 @@ class UpsampleConfig(TrainConfig):
 
 ARCHITECTURE_FIELDS = ("preset", "level", "class_conditional", "z_dim", "g_ch", "d_ch",
                        "encoder_blocks", "matching", "matching_pool", "temporal_pool", "padding",
-                       "motion_radius", "exact_condition", "inbetween")
+                       "motion_radius", "global_motion", "exact_condition", "inbetween")
 
 
 # ----------------------------------------------------------------------------------
@@ -270,8 +275,16 @@ def extend_from_held(cost: torch.Tensor, held: torch.Tensor) -> torch.Tensor:
     return padded.reshape(*lead, h, w)
 
 
+# global_motion: a pixel's window cost counts at most this much towards the frame's
+# motion (costs are sums over the 3 colours of mean |differences| in [-1, 1] pixels:
+# 0.1 is a clear mismatch), so an object that moves otherwise adds at most its area
+# times the cap and the background, most of the frame, decides.
+GLOBAL_COST_CAP = 0.1
+
+
 def motion_interpolate_condition(condition: torch.Tensor, time_factor: int, space_factor: int,
-                                 radius: int, smooth: int | None = None) -> torch.Tensor:
+                                 radius: int, smooth: int | None = None,
+                                 global_motion: bool = False) -> torch.Tensor:
     """The base with its in-between frames motion-compensated instead of cross-faded.
 
     interpolate_condition's in-between frame is a cross-fade: an object that moves
@@ -307,6 +320,20 @@ def motion_interpolate_condition(condition: torch.Tensor, time_factor: int, spac
     in-between frame, and the judge found the border. radius 0 is the plain
     cross-fade. Reads frames j and j+1 only, like the cross-fade, so the temporal
     receptive field is unchanged.
+
+    global_motion (the levels' default, --global-motion): where the window cannot
+    tell the motion, the frame's own motion decides. A window on the background
+    alone sees only the fine texture, which the blur flattens, and a smooth tint:
+    every motion fits about as well, the smallest (none) wins, and the texture that
+    moves under it is cross-faded away (or, at twice its period, drawn in the wrong
+    phase); a window beside an object hands the object's motion to the background
+    pixels in it, a halo. So each pair of frames also gets one frame-wide motion,
+    the candidate with the least mean cost over the frame, each pixel's cost capped
+    at GLOBAL_COST_CAP so that objects moving otherwise cannot outvote the
+    background (on the built-in data it is the background's scroll 97% of the time
+    at level 3), and each pixel takes the frame's motion instead of the window's
+    where its two source pixels agree better at that pixel itself, unblurred.
+    docs/quality.md, section 17.
     (B, 3, t, h, w) -> (B, 3, t*tf, h*sf, w*sf)
     """
     base = interpolate_condition(condition, time_factor, space_factor)
@@ -347,30 +374,56 @@ def motion_interpolate_condition(condition: torch.Tensor, time_factor: int, spac
     # not a picture of the scene that moves, so they are not compared.
     blur_reach = ((smooth - 1) // 2, smooth // 2) if smooth > 1 else (0, 0)
 
+    def window_cost(forward, back):
+        """(B, t, h, w): the blurred frames' mean difference over the window's pixels that
+        both frames hold, for the pixels of frame j moved by `forward` and of frame j+1
+        by `back`."""
+        both = inside(*forward, *blur_reach) * inside(*back, *blur_reach)
+        diff = (shift_smooth_j(*forward) - shift_smooth_next(*back)).abs().sum(dim=1)
+        held = box_mean(both, window, window // 2)
+        cost = box_mean(diff * on_device(both), window, window // 2) / on_device(held.clamp_min(1e-6))
+        return extend_from_held(cost, held > 0)
+
     for r in range(1, tf):
-        best_cost, best = None, None
-        for dy, dx in motions:
-            forward, back = (r * dy, r * dx), (-(tf - r) * dy, -(tf - r) * dx)
-            both = inside(*forward, *blur_reach) * inside(*back, *blur_reach)
-            diff = (shift_smooth_j(*forward) - shift_smooth_next(*back)).abs().sum(dim=1)
-            # Mean difference over the window's pixels that both frames hold.
-            held = box_mean(both, window, window // 2)
-            cost = box_mean(diff * on_device(both), window, window // 2) / on_device(held.clamp_min(1e-6))
-            cost = extend_from_held(cost, held > 0)
+        steps = [((r * dy, r * dx), (-(tf - r) * dy, -(tf - r) * dx)) for dy, dx in motions]
+        if global_motion:
+            # The frame's motion, per clip and frame: the least mean capped cost over the
+            # frame (ties: the smaller motion). (B, t) indices into `steps`.
+            frame_motion = torch.stack([window_cost(*step).clamp_max(GLOBAL_COST_CAP).mean(dim=(-2, -1))
+                                        for step in steps]).argmin(dim=0)
+        best = own = None          # the window's motion, the frame's: (cost, raw, pair, candidate)
+        for k, (forward, back) in enumerate(steps):
+            cost = window_cost(forward, back)
             # (1 - r/tf) of frame j and r/tf of frame j+1, of the ones that hold the pixel.
             in_a, in_b = (1 - r / tf) * inside(*forward), (r / tf) * inside(*back)
             total = in_a + in_b
             candidate = torch.lerp(shift_j(*forward), shift_next(*back), on_device(in_b / total.clamp_min(1e-6)))
             if not bool((total > 0).all()):
                 candidate = torch.where(on_device(total) > 0, candidate, torch.lerp(frame_j, frame_next, r / tf))
+            # How well the two source pixels agree at this pixel alone, unblurred (a pixel
+            # one of the frames lacks is not compared: `pair` says where both hold it).
+            raw = (shift_j(*forward) - shift_next(*back)).abs().sum(dim=1)
+            pair = on_device(inside(*forward) * inside(*back)).expand_as(raw)
+            this = (cost, raw, pair, candidate)
             if best is None:
-                best_cost, best = cost, candidate
-            else:
-                better = cost < best_cost * (1 - 1e-4) - 1e-6     # clearly better: float ties keep the smaller
-                best_cost = torch.where(better, cost, best_cost)
-                best = torch.where(better.unsqueeze(1), candidate, best)
+                best = own = this
+                continue
+            better = cost < best[0] * (1 - 1e-4) - 1e-6        # clearly better: float ties keep the smaller
+            best = tuple(torch.where(better if x.dim() == 4 else better.unsqueeze(1), x, b) for x, b in zip(this, best))
+            if global_motion:
+                mine = (frame_motion == k)[:, :, None, None]     # (B, t, 1, 1)
+                own = tuple(torch.where(mine if x.dim() == 4 else mine.unsqueeze(1), x, o) for x, o in zip(this, own))
+        chosen = best[3]
+        if global_motion:
+            # Per pixel, the frame's motion where its two source pixels agree better
+            # there than the window's do (the windows' costs where either lacks a source
+            # pixel); ties keep the window's (fewer wrong pixels on the built-in data).
+            (cost, raw, pair, candidate), (b_cost, b_raw, b_pair, _) = own, best
+            both = (pair * b_pair) > 0
+            follow = torch.where(both, raw, cost) < torch.where(both, b_raw, b_cost) - 1e-6
+            chosen = torch.where(follow.unsqueeze(1), candidate, chosen)
         for j in range(frame_j.shape[2]):
-            frames[j * tf + r] = best[:, :, j]
+            frames[j * tf + r] = chosen[:, :, j]
     return torch.stack(frames, dim=2)
 
 
@@ -397,18 +450,21 @@ class UpsampleGenerator(nn.Module):
     Noise: z enters every block through conditional batch norm (BigGAN); there is
     no per-pixel noise, so every window of one video uses the same z and agrees.
     The defaults of z_dim, ch, encoder_blocks, padding_mode, motion_radius,
-    exact_condition and inbetween are the command line's (--z-dim, --g-ch,
-    --encoder-blocks, --padding, --motion-radius, --exact-condition, --inbetween).
+    exact_condition, inbetween and global_motion are the command line's (--z-dim,
+    --g-ch, --encoder-blocks, --padding, --motion-radius, --exact-condition,
+    --inbetween, --global-motion).
     """
 
     def __init__(self, time_factor: int, space_factor: int, z_dim: int = 64, ch: int = 16,
                  encoder_blocks: int = 1, num_classes: int = 0, padding_mode: str = "replicate",
-                 motion_radius: int = 1, exact_condition: bool = True, inbetween: str = "matched"):
+                 motion_radius: int = 1, exact_condition: bool = True, inbetween: str = "matched",
+                 global_motion: bool = True):
         super().__init__()
         if inbetween not in ("matched", "learned"):
             raise ValueError(f"inbetween must be 'matched' or 'learned', got {inbetween!r}")
         self.time_factor, self.space_factor = time_factor, space_factor
         self.motion_radius, self.exact_condition, self.inbetween = motion_radius, exact_condition, inbetween
+        self.global_motion = global_motion
         self.z_dim, self.num_classes, self.encoder_blocks = z_dim, num_classes, encoder_blocks
         ups = int(round(torch.log2(torch.tensor(float(space_factor))).item()))
         if 2**ups != space_factor:
@@ -499,7 +555,8 @@ class UpsampleGenerator(nn.Module):
         if sub == 1:                                             # aligned frames only: bilinear c_j
             aligned = interpolate_condition(kept[:, :, :made], 1, self.space_factor) + self.detail_gain * detail
         else:
-            base = motion_interpolate_condition(kept, tf, self.space_factor, self.motion_radius)[:, :, :frames]
+            base = motion_interpolate_condition(kept, tf, self.space_factor, self.motion_radius,
+                                                global_motion=self.global_motion)[:, :, :frames]
             video = base + self.detail_gain * detail
             aligned = video[:, :, ::tf]                          # (B, 3, made, H, W): frames j*tf
         # Condition-aligned frame j*tf is condition frame j at a finer resolution: the
@@ -520,7 +577,8 @@ class UpsampleGenerator(nn.Module):
             # top, the in-between frames were blurred where the aligned ones were not,
             # and the learned detail did not know where the base's edges were
             # (docs/quality.md, section 12). Frames j*tf come back unchanged.
-            video = motion_interpolate_condition(aligned, tf, 1, self.motion_radius)
+            video = motion_interpolate_condition(aligned, tf, 1, self.motion_radius,
+                                                 global_motion=self.global_motion)
         elif tf > 1:                                             # learned: put the aligned frames back
             video = torch.stack([aligned] + [video[:, :, r::tf] for r in range(1, tf)], 3).flatten(2, 3)
         else:
@@ -544,7 +602,8 @@ def build_generator(config: dict, num_classes: int) -> UpsampleGenerator:
     return UpsampleGenerator(spec.time_factor, spec.space_factor, config["z_dim"], config["g_ch"],
                              config["encoder_blocks"], num_classes if config["class_conditional"] else 0,
                              config.get("padding", "zeros"), config.get("motion_radius", 0),
-                             config.get("exact_condition", False), config.get("inbetween", "learned"))
+                             config.get("exact_condition", False), config.get("inbetween", "learned"),
+                             config.get("global_motion", False))   # False: written before the flag
 
 
 # ----------------------------------------------------------------------------------
@@ -885,7 +944,7 @@ def main(argv=None) -> None:
     torch.manual_seed(cfg.seed)                     # identical initial weights on every rank
     generator = UpsampleGenerator(spec.time_factor, spec.space_factor, cfg.z_dim, cfg.g_ch,
                                   cfg.encoder_blocks, num_classes, cfg.padding, cfg.motion_radius,
-                                  cfg.exact_condition, cfg.inbetween).to(device)
+                                  cfg.exact_condition, cfg.inbetween, cfg.global_motion).to(device)
     discriminators = {
         "spatial": SpatialDiscriminator(3, cfg.d_ch, size, cfg.k_frames, num_classes).to(device),
         "temporal": TemporalDiscriminator(3, cfg.d_ch, size, num_classes,
@@ -912,6 +971,7 @@ def main(argv=None) -> None:
         ckpt["config"].setdefault("motion_radius", 0)
         ckpt["config"].setdefault("exact_condition", False)
         ckpt["config"].setdefault("inbetween", "learned")
+        ckpt["config"].setdefault("global_motion", False)
         check_architecture(ckpt["config"], cfg, ARCHITECTURE_FIELDS, ckpt_path)
         step = restore_checkpoint(ckpt, models, optimizers, ckpt_path)
         if dist.is_main:

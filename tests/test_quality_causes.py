@@ -221,7 +221,8 @@ def test_matched_in_between_frames_are_the_aligned_output_frames_moved_halfway()
             # The aligned frames with one more after the window: context 2 keeps 6.
             aligned = generator(condition, z, context=2)[:, :, 0::2]            # frames 2j, j = 0..5
         assert torch.allclose(out[:, :, 0::2], aligned[:, :, 1:5], atol=1e-6)
-        matched = up.motion_interpolate_condition(aligned[:, :, 1:6], 2, 1, radius=1)[:, :, :8]
+        matched = up.motion_interpolate_condition(aligned[:, :, 1:6], 2, 1, radius=1,
+                                                  global_motion=generator.global_motion)[:, :, :8]
         assert torch.allclose(out, matched, atol=1e-5) == (inbetween == "matched"), inbetween
     # Checkpoints written before these flags rebuild the learned frames as they were.
     config = dict(preset="tiny", level=2, z_dim=8, g_ch=4, encoder_blocks=1, class_conditional=False,
@@ -230,6 +231,59 @@ def test_matched_in_between_frames_are_the_aligned_output_frames_moved_halfway()
     assert (old.exact_condition, old.inbetween) == (False, "learned")
     new = up.build_generator({**config, "exact_condition": True, "inbetween": "matched"}, 0)
     assert (new.exact_condition, new.inbetween) == (True, "matched")
+
+
+def _square_over_a_scrolling_checker(t):
+    """Frame t (3, 24, 24) of a background (a 1-pixel checker over faint noise)
+    scrolling right one pixel per frame, with a flat square moving down one pixel per
+    frame over it, and the square's mask (24, 24)."""
+    x = torch.arange(24) - t + 8
+    y = torch.arange(24)
+    checker = 0.15 * (1 - 2 * ((x[None, :] + y[:, None]) % 2)).float()
+    noise = 0.05 * torch.randn(3, 24, 40, generator=torch.Generator().manual_seed(0))[:, :, x]
+    frame = checker + noise - 0.2
+    square = torch.zeros(24, 24, dtype=torch.bool)
+    square[6 + t:12 + t, 9:15] = True
+    frame[:, square] = torch.tensor([0.9, 0.1, -0.5])[:, None]
+    return frame, square
+
+
+def test_in_between_background_beside_a_moving_object_follows_the_frames_motion():
+    # Block matching gives each in-between pixel the motion that fits best over a
+    # window. Beside an object that moves otherwise, the object's strong edges
+    # decide the window, and the background pixels next to it get the object's motion:
+    # a halo where the background's fine texture is drawn in the wrong phase (on real
+    # level-3 clips the judge told the in-between frames made this way from their real
+    # neighbours 0.99 of the time; docs/quality.md section 17). With global_motion the
+    # frame's own motion (here the scroll) is a second candidate, and each pixel takes
+    # the one whose source pixels agree at that pixel: every background pixel that
+    # neither frame hides comes out exact.
+    frames, squares = zip(*(_square_over_a_scrolling_checker(t) for t in range(9)))
+    video = torch.stack(frames, dim=1)[None]                                 # (1, 3, 9, 24, 24)
+    for global_motion in (False, True):
+        out = up.motion_interpolate_condition(video[:, :, 0::2], 2, 1, radius=1,
+                                              global_motion=global_motion)
+        wrong = 0
+        for t in (1, 3, 5, 7):
+            # Background here, and where it comes from (one pixel left in frame t-1)
+            # and goes to (one pixel right in frame t+1): nothing hides it. The outer
+            # columns take their content from one frame only, and are left out.
+            clear = ~(squares[t] | squares[t - 1].roll(1, 1) | squares[t + 1].roll(-1, 1))
+            clear[:, 0] = clear[:, -1] = False
+            error = (out[0, :, t] - video[0, :, t]).abs().amax(dim=0)[clear]
+            if global_motion:
+                assert error.max() < 1e-5, t
+            wrong += int((error > 0.2).sum())
+        assert (wrong == 0) == global_motion, wrong          # the window alone: a halo (61 pixels)
+    # The levels' default; checkpoints from before the flag rebuild without it.
+    from training import parse_config
+
+    assert parse_config(up.UpsampleConfig, []).global_motion
+    assert up.UpsampleGenerator(2, 2, z_dim=8, ch=4).global_motion
+    config = dict(preset="tiny", level=2, z_dim=8, g_ch=4, encoder_blocks=1, class_conditional=False,
+                  padding="replicate", motion_radius=1)
+    assert not up.build_generator(config, 0).global_motion
+    assert up.build_generator({**config, "global_motion": True}, 0).global_motion
 
 
 def _motion_by_segment(video, segments):
