@@ -150,8 +150,10 @@ class ConvGRU(nn.Module):
         u_t = sigmoid(W_u * [x_t, h_{t-1}])            update gate
         c_t = tanh(W_c * [x_t, r_t . h_{t-1}])         candidate state
         h_t = u_t . h_{t-1} + (1 - u_t) . c_t          (. is elementwise, * is conv)
-    The output for frame t is h_t. h_0 = 0. tanh (not DVD-GAN's ReLU) keeps the
-    state bounded, which keeps long unrolls (4x the training length) stable.
+    The output for frame t is h_t. h_0 = `state` when given (sample.py's streaming
+    continues a video from the state its previous chunk ended in), else 0. tanh (not
+    DVD-GAN's ReLU) keeps the state bounded, which keeps long unrolls (4x the
+    training length) stable.
     """
 
     def __init__(self, channels: int):
@@ -159,9 +161,9 @@ class ConvGRU(nn.Module):
         self.gates = sn_conv2d(2 * channels, 2 * channels, 3, padding=1)   # r and u at once
         self.candidate = sn_conv2d(2 * channels, channels, 3, padding=1)
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        # inputs: (B, T, C, H, W) -> outputs (B, T, C, H, W)
-        h = torch.zeros_like(inputs[:, 0])
+    def forward(self, inputs: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
+        # inputs: (B, T, C, H, W), state: (B, C, H, W) or None -> outputs (B, T, C, H, W)
+        h = torch.zeros_like(inputs[:, 0]) if state is None else state
         outputs = []
         for t in range(inputs.shape[1]):
             x = inputs[:, t]

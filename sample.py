@@ -388,7 +388,7 @@ def level1_chunks(generator: level1.Level1Generator, z: torch.Tensor, labels: to
     (B, 3, c, S, S) pieces on `host`, c <= chunk, which concatenate to g1(z, frames=frames).
 
     This is Level1Generator.forward with one change: each ConvGRU starts a chunk from
-    the hidden state h its previous chunk ended in, instead of h_0 = 0 (and the clock
+    the hidden state h its previous chunk ended in (its `state`), not h_0 = 0 (and the clock
     in its input reads the chunk's own frame indices). Nothing else in level 1 crosses
     frames: the up-blocks and the output convolution work frame by frame, and
     conditional batch norm in eval mode normalises with its running statistics (a
@@ -402,17 +402,8 @@ def level1_chunks(generator: level1.Level1Generator, z: torch.Tensor, labels: to
         n = min(chunk, frames - start)
         x = generator.frame_inputs(z, n, start)                             # (B, n, C, 4, 4)
         for group, (rnn, block) in enumerate(zip(generator.rnns, generator.blocks)):
-            h = torch.zeros_like(x[:, 0]) if states[group] is None else states[group]
-            outputs = []
-            for t in range(n):
-                # ConvGRU's equations (level1.ConvGRU), one frame:
-                # r, u = sigmoid(W_ru * [x_t, h]); c = tanh(W_c * [x_t, r . h]); h = u . h + (1 - u) . c
-                r, u = torch.sigmoid(rnn.gates(torch.cat([x[:, t], h], dim=1))).chunk(2, dim=1)
-                c = torch.tanh(rnn.candidate(torch.cat([x[:, t], r * h], dim=1)))
-                h = u * h + (1 - u) * c
-                outputs.append(h)
-            states[group] = h
-            x = torch.stack(outputs, dim=1)                                  # (B, n, C, H, W)
+            x = rnn(x, states[group])                                        # (B, n, C, H, W)
+            states[group] = x[:, -1]                 # a GRU's last output is its last state
             x = block(x.flatten(0, 1), cond.repeat_interleave(n, dim=0))    # (B*n, C', 2H, 2W)
             x = x.unflatten(0, (batch, n))
         x = x.flatten(0, 1)                                                  # (B*n, C, S, S)

@@ -270,9 +270,10 @@ def check_convgru(gru_class):
         r_t = sigmoid(W_r * [x_t, h_{t-1}])
         u_t = sigmoid(W_u * [x_t, h_{t-1}])
         c_t = tanh(W_c * [x_t, r_t . h_{t-1}])
-        h_t = u_t . h_{t-1} + (1 - u_t) . c_t,     h_0 = 0
+        h_t = u_t . h_{t-1} + (1 - u_t) . c_t,     h_0 = state, or 0 without one
     Three frames: from h_0 = 0 the reset gate has nothing to reset, so the later
-    steps (from a non-zero state) are the ones that test it."""
+    steps (from a non-zero state) are the ones that test it. Then frames 2 and 3
+    again, from frame 1's state: what sample.py's streaming does between chunks."""
     torch.manual_seed(0)
     gru = gru_class(4).eval()                      # eval: spectral norm frozen, weights fixed
     with torch.no_grad():                          # non-zero biases, so they are tested too
@@ -295,11 +296,15 @@ def check_convgru(gru_class):
     assert states.shape == inputs.shape
     torch.testing.assert_close(states, torch.stack(expected, 1), atol=1e-5, rtol=1e-5,
                                msg="the ConvGRU's states differ from the GRU equations")
+    with torch.no_grad():
+        continued = gru(inputs[:, 1:], expected[0])
+    torch.testing.assert_close(continued, torch.stack(expected[1:], 1), atol=1e-5, rtol=1e-5,
+                               msg="the ConvGRU started from a given state does not continue from it")
 
 
 class GRUSwappedUpdateGate(ConvGRU):
-    def forward(self, inputs):
-        h, outputs = torch.zeros_like(inputs[:, 0]), []
+    def forward(self, inputs, state=None):
+        h, outputs = torch.zeros_like(inputs[:, 0]) if state is None else state, []
         for t in range(inputs.shape[1]):
             x = inputs[:, t]
             r, u = torch.sigmoid(self.gates(torch.cat([x, h], 1))).chunk(2, 1)
@@ -310,8 +315,8 @@ class GRUSwappedUpdateGate(ConvGRU):
 
 
 class GRUWithoutResetGate(ConvGRU):
-    def forward(self, inputs):
-        h, outputs = torch.zeros_like(inputs[:, 0]), []
+    def forward(self, inputs, state=None):
+        h, outputs = torch.zeros_like(inputs[:, 0]) if state is None else state, []
         for t in range(inputs.shape[1]):
             x = inputs[:, t]
             _, u = torch.sigmoid(self.gates(torch.cat([x, h], 1))).chunk(2, 1)
@@ -322,8 +327,8 @@ class GRUWithoutResetGate(ConvGRU):
 
 
 class GRUReluCandidate(ConvGRU):
-    def forward(self, inputs):
-        h, outputs = torch.zeros_like(inputs[:, 0]), []
+    def forward(self, inputs, state=None):
+        h, outputs = torch.zeros_like(inputs[:, 0]) if state is None else state, []
         for t in range(inputs.shape[1]):
             x = inputs[:, t]
             r, u = torch.sigmoid(self.gates(torch.cat([x, h], 1))).chunk(2, 1)
@@ -334,7 +339,7 @@ class GRUReluCandidate(ConvGRU):
 
 
 class GRUForgetsItsState(ConvGRU):
-    def forward(self, inputs):
+    def forward(self, inputs, state=None):
         outputs = []
         for t in range(inputs.shape[1]):
             x, h = inputs[:, t], torch.zeros_like(inputs[:, 0])   # h_0 = 0 at every frame
@@ -348,8 +353,21 @@ def test_convgru_follows_the_gru_equations():
     check_convgru(ConvGRU)
 
 
+class GRUIgnoresTheGivenState(ConvGRU):
+    def forward(self, inputs, state=None):
+        h, outputs = torch.zeros_like(inputs[:, 0]), []           # h_0 = 0, whatever state says
+        for t in range(inputs.shape[1]):
+            x = inputs[:, t]
+            r, u = torch.sigmoid(self.gates(torch.cat([x, h], 1))).chunk(2, 1)
+            c = torch.tanh(self.candidate(torch.cat([x, r * h], 1)))
+            h = u * h + (1 - u) * c
+            outputs.append(h)
+        return torch.stack(outputs, 1)
+
+
 @pytest.mark.parametrize("wrong", [GRUSwappedUpdateGate, GRUWithoutResetGate, GRUReluCandidate,
-                                   GRUForgetsItsState], ids=lambda c: c.__name__)
+                                   GRUForgetsItsState, GRUIgnoresTheGivenState],
+                         ids=lambda c: c.__name__)
 def test_convgru_grader_rejects(wrong):
     reject(check_convgru, wrong)
 
