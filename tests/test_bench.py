@@ -24,15 +24,20 @@ def test_peak_memory_sees_an_allocation_of_known_size():
 
 
 def test_partial_views_keep_a_training_step_flat_while_the_whole_video_grows():
-    settings = {"low_size": 16, "high_size": 32, "ch": 8, "batch": 2}
+    # The upsampling level's step is made large enough (about 48 MiB) that the
+    # allocator's run-to-run noise (about 1 MiB) stays below 3% of it: at ch 8, batch 2
+    # (11 MiB) two runs of the same step differed by up to 15%. The single GAN stays
+    # small: its 4x-longer step already needs about 4x the memory.
+    settings = {"upsample": {"low_size": 16, "high_size": 32, "ch": 16, "batch": 4},
+                "baseline": {"low_size": 16, "high_size": 32, "ch": 8, "batch": 2}}
     peak = {}
     for kind in ("upsample", "baseline"):
         for frames in (16, 64):
-            task = {"task": "memory", "kind": kind, "frames": frames, "settings": settings,
+            task = {"task": "memory", "kind": kind, "frames": frames, "settings": settings[kind],
                     "device": "cpu"}
             # a fresh process, with malloc set up to return freed memory (see bench.py)
             peak[kind, frames] = bench.run_worker(task, memory=True)["bytes"]
     # 4x longer videos: the upsampling level's step is the same (a few % of noise) ...
-    assert abs(peak["upsample", 64] / peak["upsample", 16] - 1) < 0.10
+    assert abs(peak["upsample", 64] / peak["upsample", 16] - 1) < 0.05
     # ... the single GAN's grows with the length (about linearly).
     assert peak["baseline", 64] > 2.5 * peak["baseline", 16]
