@@ -384,37 +384,47 @@ def motion_interpolate_condition(condition: torch.Tensor, time_factor: int, spac
         cost = box_mean(diff * on_device(both), window, window // 2) / on_device(held.clamp_min(1e-6))
         return extend_from_held(cost, held > 0)
 
+    def motion(r, forward, back):
+        """Frames j*tf + r by one candidate motion: (cost, raw, pair, candidate). cost:
+        window_cost; candidate (B, 3, t, h, w): (1 - r/tf) of frame j and r/tf of frame
+        j+1, of the ones that hold the pixel; raw (B, t, h, w): how well its two source
+        pixels agree at this pixel alone, unblurred; pair: 1 where both frames hold them
+        (elsewhere raw is not compared)."""
+        in_a, in_b = (1 - r / tf) * inside(*forward), (r / tf) * inside(*back)
+        total = in_a + in_b
+        candidate = torch.lerp(shift_j(*forward), shift_next(*back), on_device(in_b / total.clamp_min(1e-6)))
+        if not bool((total > 0).all()):
+            candidate = torch.where(on_device(total) > 0, candidate, torch.lerp(frame_j, frame_next, r / tf))
+        raw = (shift_j(*forward) - shift_next(*back)).abs().sum(dim=1)
+        pair = on_device(inside(*forward) * inside(*back)).expand_as(raw)
+        return window_cost(forward, back), raw, pair, candidate
+
+    def keep(mask, new, old):
+        """Per pixel (mask (B, t, h, w), or (B, t, 1, 1)), the tuple `new` where mask, else `old`."""
+        return tuple(torch.where(mask.unsqueeze(1) if x.dim() == 5 else mask, x, o) for x, o in zip(new, old))
+
     for r in range(1, tf):
         steps = [((r * dy, r * dx), (-(tf - r) * dy, -(tf - r) * dx)) for dy, dx in motions]
-        if global_motion:
-            # The frame's motion, per clip and frame: the least mean capped cost over the
-            # frame (ties: the smaller motion). (B, t) indices into `steps`.
-            frame_motion = torch.stack([window_cost(*step).clamp_max(GLOBAL_COST_CAP).mean(dim=(-2, -1))
-                                        for step in steps]).argmin(dim=0)
-        best = own = None          # the window's motion, the frame's: (cost, raw, pair, candidate)
-        for k, (forward, back) in enumerate(steps):
-            cost = window_cost(forward, back)
-            # (1 - r/tf) of frame j and r/tf of frame j+1, of the ones that hold the pixel.
-            in_a, in_b = (1 - r / tf) * inside(*forward), (r / tf) * inside(*back)
-            total = in_a + in_b
-            candidate = torch.lerp(shift_j(*forward), shift_next(*back), on_device(in_b / total.clamp_min(1e-6)))
-            if not bool((total > 0).all()):
-                candidate = torch.where(on_device(total) > 0, candidate, torch.lerp(frame_j, frame_next, r / tf))
-            # How well the two source pixels agree at this pixel alone, unblurred (a pixel
-            # one of the frames lacks is not compared: `pair` says where both hold it).
-            raw = (shift_j(*forward) - shift_next(*back)).abs().sum(dim=1)
-            pair = on_device(inside(*forward) * inside(*back)).expand_as(raw)
-            this = (cost, raw, pair, candidate)
-            if best is None:
-                best = own = this
-                continue
-            better = cost < best[0] * (1 - 1e-4) - 1e-6        # clearly better: float ties keep the smaller
-            best = tuple(torch.where(better if x.dim() == 4 else better.unsqueeze(1), x, b) for x, b in zip(this, best))
+        best, frame_cost = None, []     # the window's motion so far; each motion's frame-wide cost
+        for step in steps:
+            this = motion(r, *step)
             if global_motion:
-                mine = (frame_motion == k)[:, :, None, None]     # (B, t, 1, 1)
-                own = tuple(torch.where(mine if x.dim() == 4 else mine.unsqueeze(1), x, o) for x, o in zip(this, own))
+                frame_cost.append(this[0].clamp_max(GLOBAL_COST_CAP).mean(dim=(-2, -1)))   # (B, t)
+            if best is None:
+                best = this
+            else:                                  # clearly better: float ties keep the smaller
+                best = keep(this[0] < best[0] * (1 - 1e-4) - 1e-6, this, best)
         chosen = best[3]
         if global_motion:
+            # The frame's motion, per clip and frame: the least mean capped cost over the
+            # frame (ties: the smaller motion); made again for the motions some frame chose
+            # (every motion on the meta device, whose tensors have shapes but no values).
+            frame_motion = torch.stack(frame_cost).argmin(dim=0)                 # (B, t)
+            chosen_by_a_frame = range(len(steps)) if frame_motion.is_meta else frame_motion.unique().tolist()
+            own = None
+            for k in chosen_by_a_frame:
+                this = motion(r, *steps[k])
+                own = this if own is None else keep((frame_motion == k)[:, :, None, None], this, own)
             # Per pixel, the frame's motion where its two source pixels agree better
             # there than the window's do (the windows' costs where either lacks a source
             # pixel); ties keep the window's (fewer wrong pixels on the built-in data).
