@@ -98,7 +98,8 @@ from training import (build_parser, hold_out_dir, load_checkpoint, option,
 # level's frozen EMA generator, belong to the level itself (upsample_level.py uses
 # them for --cond-from); sample.py chains them. (sample.upsample, sample.freeze and
 # sample.window_starts are these same functions: bench.py and the tests use them.)
-from upsample_level import freeze, load_ema_generator, trained_spec, upsample, window_starts  # noqa: F401
+from upsample_level import (freeze, load_ema_generator, run_window, trained_spec, upsample,  # noqa: F401
+                            window_starts)
 
 
 # ----------------------------------------------------------------------------------
@@ -435,7 +436,7 @@ def upsample_chunks(generator: nn.Module, chunks, z: torch.Tensor, labels: torch
         """Output frames j0*tf .. (j0 + w)*tf of the window at j0 (w condition frames)."""
         # P[j0 : j0 + w + 2K] are condition frames j0 - K .. j0 + w + K - 1 (contiguous: see upsample).
         piece = kept[:, :, j0 - first:j0 - first + w + 2 * context].to(device).contiguous()
-        out = generator(piece, z, labels, context=context).float().to(kept.device)
+        out = run_window(generator, piece, z, labels, context, j0).float().to(kept.device)
         if on_window:
             on_window()
         return out                                                  # (B, 3, w*tf, H, W)

@@ -112,6 +112,12 @@ class UpsampleConfig(TrainConfig):
                                        "in-between pixels follow the frame's own motion "
                                        "(motion_interpolate_condition; --no-global-motion: the "
                                        "window's motion everywhere, as before)")
+    grid_features: bool = option(False, "G's detail adds a texture placed on the pixel grid: "
+                                        "Fourier features of (t, y, x) at periods 2 and 4 times "
+                                        "amplitudes it computes, so it can draw a texture finer "
+                                        "than the condition's pixels where the condition is flat "
+                                        "(grid_features; tried, not the default: docs/quality.md "
+                                        "section 18)")
     exact_condition: bool = option(True, "G's condition-aligned frames give their condition "
                                          "frame back exactly: each sf x sf block's mean is set to "
                                          "the condition pixel under it (--no-exact-condition: the "
@@ -163,7 +169,8 @@ class UpsampleConfig(TrainConfig):
 
 ARCHITECTURE_FIELDS = ("preset", "level", "class_conditional", "z_dim", "g_ch", "d_ch",
                        "encoder_blocks", "matching", "matching_pool", "temporal_pool", "padding",
-                       "motion_radius", "global_motion", "exact_condition", "inbetween")
+                       "motion_radius", "global_motion", "exact_condition", "inbetween",
+                       "grid_features")
 
 
 # ----------------------------------------------------------------------------------
@@ -280,6 +287,57 @@ def extend_from_held(cost: torch.Tensor, held: torch.Tensor) -> torch.Tensor:
 # 0.1 is a clear mismatch), so an object that moves otherwise adds at most its area
 # times the cap and the background, most of the frame, decides.
 GLOBAL_COST_CAP = 0.1
+
+
+def grid_features(frames: int, height: int, width: int, first_frame: int = 0,
+                  sub: int = 1, device=None) -> torch.Tensor:
+    """Where each output pixel sits on the grid: Fourier features of (t, y, x) at the
+    two highest frequencies the output holds. (frames, GRID_FEATURES, H, W), values in
+    {-1, 0, 1}.
+
+    Per axis a in (y, x): 1, cos(pi a) = (-1)^a (period 2), cos(pi a / 2) and
+    sin(pi a / 2) (period 4). Every product of a y one and an x one but the constant
+    (15), and those of them with a period-4 factor (12) also times (-1)^j, j =
+    first_frame + f // sub the condition frame of output frame f: 27 features.
+
+    Why: convolutions are the same at every pixel, and with replicate padding
+    nothing marks where a pixel is; on a region where the condition is flat, every
+    pixel of the output sees the same input and gets the same detail. So the network
+    alone cannot draw a texture finer than the condition's pixels there: the data's
+    background checker (cells of 2 finest pixels) is flat in the condition, and the
+    judge tells real level-3 clips from the same clips without it every time
+    (docs/quality.md, section 18). A checker of either period in any phase is a sum
+    of these features times amplitudes that the network computes (per pixel, from
+    the condition and z): a product, so the texture goes where the network puts it
+    (the background) and not elsewhere (the objects). Aligned frames are tf = 2
+    frames apart: a texture scrolling one pixel per frame moves 2 pixels between
+    them, which leaves a period-2 texture as it was and turns a period-4 one over,
+    hence (-1)^j on the period-4 features only.
+    The phase is the frame's own, so the grid is counted from the video's first
+    pixel and first frame: windows of a video pass their first frame, so all of
+    them agree (upsample, sample.upsample_chunks).
+
+    An option (--grid-features), not the default: trained, level 3 draws the checker
+    in its aligned frames, but the in-between frames matched from them do not carry
+    it (a period-4 texture two pixels on is matched by a motion of +1 and -1 alike),
+    and level 2 put the texture on its objects; neither level's judge number fell
+    on two seeds (docs/quality.md, section 18).
+    """
+    def axis(n):
+        a = torch.arange(n, dtype=torch.float32)
+        half = torch.pi * a / 2
+        # cos/sin of multiples of pi/2 are exactly 0, +-1: rounded, not 6e-17.
+        return torch.stack([torch.ones(n), torch.cos(torch.pi * a), torch.cos(half), torch.sin(half)]).round()
+    ys, xs = axis(height), axis(width)                                       # (4, H), (4, W)
+    space = (ys[:, None, :, None] * xs[None, :, None, :]).flatten(0, 1)[1:]  # (15, H, W): no constant
+    # Products with a period-4 factor: y index >= 2 or x index >= 2 (of the 4 x 4, less the constant).
+    period4 = [k - 1 for k in range(1, 16) if k // 4 >= 2 or k % 4 >= 2]
+    parity = 1.0 - 2.0 * ((first_frame + torch.arange(frames) // sub) % 2).float()   # (-1)^j
+    return torch.cat([space[None].expand(frames, -1, -1, -1),
+                      parity[:, None, None, None] * space[period4][None]], dim=1).to(device)
+
+
+GRID_FEATURES = 27
 
 
 def motion_interpolate_condition(condition: torch.Tensor, time_factor: int, space_factor: int,
@@ -460,21 +518,21 @@ class UpsampleGenerator(nn.Module):
     Noise: z enters every block through conditional batch norm (BigGAN); there is
     no per-pixel noise, so every window of one video uses the same z and agrees.
     The defaults of z_dim, ch, encoder_blocks, padding_mode, motion_radius,
-    exact_condition, inbetween and global_motion are the command line's (--z-dim,
+    exact_condition, inbetween, global_motion and grid are the command line's (--z-dim,
     --g-ch, --encoder-blocks, --padding, --motion-radius, --exact-condition,
-    --inbetween, --global-motion).
+    --inbetween, --global-motion, --grid-features).
     """
 
     def __init__(self, time_factor: int, space_factor: int, z_dim: int = 64, ch: int = 16,
                  encoder_blocks: int = 1, num_classes: int = 0, padding_mode: str = "replicate",
                  motion_radius: int = 1, exact_condition: bool = True, inbetween: str = "matched",
-                 global_motion: bool = True):
+                 global_motion: bool = True, grid: bool = False):
         super().__init__()
         if inbetween not in ("matched", "learned"):
             raise ValueError(f"inbetween must be 'matched' or 'learned', got {inbetween!r}")
         self.time_factor, self.space_factor = time_factor, space_factor
         self.motion_radius, self.exact_condition, self.inbetween = motion_radius, exact_condition, inbetween
-        self.global_motion = global_motion
+        self.global_motion, self.grid = global_motion, grid
         self.z_dim, self.num_classes, self.encoder_blocks = z_dim, num_classes, encoder_blocks
         ups = int(round(torch.log2(torch.tensor(float(space_factor))).item()))
         if 2**ups != space_factor:
@@ -508,6 +566,13 @@ class UpsampleGenerator(nn.Module):
         # interpolated condition (a sensible upsampler) and learns what to add.
         self.detail_gain = nn.Parameter(torch.tensor(0.1))
         orthogonal_init(self)
+        # The grid's amplitudes (grid_features): per pixel, 3 colours x 31 features. A
+        # plain 1x1 convolution started at zero (spectral norm cannot normalise a zero
+        # weight): a fresh generator draws no grid texture and learns where to.
+        if grid:
+            self.to_grid = nn.Conv2d(ch, 3 * GRID_FEATURES, 1)
+            nn.init.zeros_(self.to_grid.weight)
+            nn.init.zeros_(self.to_grid.bias)
 
     def temporal_receptive_field(self) -> int:
         """R: output frame j*tf + r depends on condition frames j-R .. j+R (see class doc)."""
@@ -519,7 +584,8 @@ class UpsampleGenerator(nn.Module):
     sample_latent = Level1Generator.sample_latent
 
     def forward(self, condition: torch.Tensor, z: torch.Tensor,
-                labels: torch.Tensor | None = None, context: int = 0) -> torch.Tensor:
+                labels: torch.Tensor | None = None, context: int = 0,
+                first_frame: int = 0) -> torch.Tensor:
         b, _, t, h, w = condition.shape
         keep = t - 2 * context                                   # condition frames that get output
         if keep <= 0:
@@ -545,8 +611,18 @@ class UpsampleGenerator(nn.Module):
         frame_cond = cond.repeat_interleave(frames, dim=0)
         for block in self.up_blocks:
             x = block(x, frame_cond)                             # (B*T, C/2, 2h, 2w)
-        detail = self.to_rgb(F.relu(self.out_bn(x)))             # (B*T, 3, H, W)
-        detail = detail.view(b, frames, 3, *detail.shape[-2:]).transpose(1, 2)   # (B, 3, T, H, W)
+        x = F.relu(self.out_bn(x))
+        detail = self.to_rgb(x)                                  # (B*T, 3, H, W)
+        height, width = detail.shape[-2:]
+        detail = detail.view(b, frames, 3, height, width)
+        if self.grid:
+            # + sum_k amplitude_k * feature_k: a texture finer than the condition's
+            # pixels, placed on the grid (grid_features). first_frame: the condition
+            # frame of this call's first kept frame, in the whole video.
+            amplitudes = self.to_grid(x).view(b, frames, 3, GRID_FEATURES, height, width)
+            features = grid_features(frames, height, width, first_frame, sub, x.device).to(x.dtype)
+            detail = detail + (amplitudes * features[None, :, None]).sum(3)
+        detail = detail.transpose(1, 2)                          # (B, 3, T, H, W)
         # Output = clamp(base + gain * detail, -1, 1): the base is the interpolated
         # condition, its in-between frames following the motion between condition
         # frames j and j+1 (motion_interpolate_condition; it needs frame j+1, so it
@@ -613,7 +689,8 @@ def build_generator(config: dict, num_classes: int) -> UpsampleGenerator:
                              config["encoder_blocks"], num_classes if config["class_conditional"] else 0,
                              config.get("padding", "zeros"), config.get("motion_radius", 0),
                              config.get("exact_condition", False), config.get("inbetween", "learned"),
-                             config.get("global_motion", False))   # False: written before the flag
+                             config.get("global_motion", False),   # False: written before the flag
+                             config.get("grid_features", False))
 
 
 # ----------------------------------------------------------------------------------
@@ -631,6 +708,16 @@ def window_starts(frames: int, window: int) -> list[int]:
     if starts[-1] + window < frames:
         starts.append(frames - window)
     return starts
+
+
+def run_window(generator: nn.Module, piece: torch.Tensor, z: torch.Tensor, labels, context: int,
+               first_frame: int) -> torch.Tensor:
+    """generator(piece, z, labels, context=context) for the window whose first kept
+    condition frame is `first_frame` of the video; a generator with --grid-features
+    is told it, to draw its grid texture in the video's phase (grid_features)."""
+    if getattr(generator, "grid", False):
+        return generator(piece, z, labels, context=context, first_frame=first_frame)
+    return generator(piece, z, labels, context=context)
 
 
 def upsample(generator: nn.Module, condition: torch.Tensor, z: torch.Tensor,
@@ -665,7 +752,7 @@ def upsample(generator: nn.Module, condition: torch.Tensor, z: torch.Tensor,
         # (contiguous: a time slice is a strided view, and CPU convolutions on strided
         # inputs take a path several times slower.)
         piece = padded[:, :, j0:j0 + window + 2 * context].to(device).contiguous()
-        result = generator(piece, z, labels, context=context).float().to(host)   # (B, 3, w*tf, H, W)
+        result = run_window(generator, piece, z, labels, context, j0).float().to(host)   # (B, 3, w*tf, H, W)
         # Only the frames after `done`: a clamped last window leaves its neighbour's
         # frames as they are (upsample_chunks, which streams, can do the same).
         out[:, :, done * tf:(j0 + window) * tf] = result[:, :, (done - j0) * tf:]
@@ -954,7 +1041,8 @@ def main(argv=None) -> None:
     torch.manual_seed(cfg.seed)                     # identical initial weights on every rank
     generator = UpsampleGenerator(spec.time_factor, spec.space_factor, cfg.z_dim, cfg.g_ch,
                                   cfg.encoder_blocks, num_classes, cfg.padding, cfg.motion_radius,
-                                  cfg.exact_condition, cfg.inbetween, cfg.global_motion).to(device)
+                                  cfg.exact_condition, cfg.inbetween, cfg.global_motion,
+                                  cfg.grid_features).to(device)
     discriminators = {
         "spatial": SpatialDiscriminator(3, cfg.d_ch, size, cfg.k_frames, num_classes).to(device),
         "temporal": TemporalDiscriminator(3, cfg.d_ch, size, num_classes,
@@ -982,6 +1070,7 @@ def main(argv=None) -> None:
         ckpt["config"].setdefault("exact_condition", False)
         ckpt["config"].setdefault("inbetween", "learned")
         ckpt["config"].setdefault("global_motion", False)
+        ckpt["config"].setdefault("grid_features", False)
         check_architecture(ckpt["config"], cfg, ARCHITECTURE_FIELDS, ckpt_path)
         step = restore_checkpoint(ckpt, models, optimizers, ckpt_path)
         if dist.is_main:

@@ -5,7 +5,9 @@ before the fix, so the cause cannot come back unnoticed."""
 import torch
 
 import level1
+import sample
 import upsample_level as up
+from data import pad_condition
 
 
 def test_the_upsampler_can_correct_saturated_colours_as_easily_as_grey():
@@ -341,3 +343,105 @@ def test_level1_checkpoints_from_before_the_clock_rebuild_without_it():
     assert not rebuilt.clock and not hasattr(rebuilt, "clock_map")
     rebuilt.load_state_dict(old.state_dict())                      # strict: the same keys
     assert hasattr(level1.build_generator({**config, "clock": True}, 0), "clock_map")
+
+
+def _checker(height, width, cell, phase_y, phase_x):
+    """A +-1 checker of `cell`-pixel cells moved by (phase_y, phase_x) pixels: the data's."""
+    y = torch.arange(height).view(-1, 1) - phase_y
+    x = torch.arange(width).view(1, -1) - phase_x
+    return (1 - 2 * ((torch.div(y, cell, rounding_mode="floor")
+                      + torch.div(x, cell, rounding_mode="floor")) % 2)).float()
+
+
+def _with_grid_amplitudes(generator, seed=0):
+    """The generator with random (not zero) grid amplitudes: it draws a grid texture."""
+    with torch.no_grad():
+        generator.to_grid.weight.copy_(torch.randn(generator.to_grid.weight.shape,
+                                                   generator=torch.Generator().manual_seed(seed)))
+    return generator
+
+
+def test_the_upsampler_can_draw_a_texture_finer_than_its_condition_on_a_flat_region():
+    # The data's background checker has cells of 2 finest pixels: flat in level 3's
+    # condition (3 phases in 4) and in level 2's, and the judge tells real level-3
+    # clips from the same clips without it every time. Convolutions with replicate
+    # padding see every pixel of a flat region alike, so without the grid features a
+    # flat condition gives a flat output for any weights: no checker possible.
+    # (--grid-features, an option: trained, it drew the checker in level 3's aligned
+    # frames but did not lower the judge's number, docs/quality.md section 18.)
+    torch.manual_seed(0)
+    condition = torch.rand(2, 3, 4, 1, 1).mul(1.6).sub(0.8).expand(2, 3, 4, 8, 8)   # flat frames
+    z = torch.randn(2, 8)
+    plain = up.UpsampleGenerator(2, 2, z_dim=8, ch=4).eval()
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.add_(torch.randn_like(p))                                  # any weights
+        out = plain(condition, z, context=1)
+    assert (out - out[..., :1, :1]).abs().max() < 1e-5
+    # Every checker the data can have (cells of 1 or 2 pixels, any phase) is a fixed
+    # sum of the grid features, so with the grid the network only has to compute
+    # its amplitude: per pixel, from the condition and z.
+    features = up.grid_features(2, 12, 12)                              # (2, 27, 12, 12)
+    assert features.shape == (2, up.GRID_FEATURES, 12, 12)
+    # Frame 0's first 15 and the constant (to_rgb's part); the other 12 repeat some of them.
+    basis = torch.cat([torch.ones(1, 144), features[0, :15].flatten(1)])
+    for cell in (1, 2):
+        for phase_y in range(2 * cell):
+            for phase_x in range(2 * cell):
+                target = _checker(12, 12, cell, phase_y, phase_x).flatten()[:, None]
+                weights = torch.linalg.pinv(basis.T) @ target
+                assert (basis.T @ weights - target).abs().max() < 1e-4, (cell, phase_y, phase_x)
+    # From one aligned frame to the next (2 output frames) a scroll of one pixel per
+    # frame turns a period-4 texture over and leaves a period-2 one: the last 12
+    # features are the period-4 ones times (-1)^j.
+    torch.testing.assert_close(features[1, 15:], -features[0, 15:])
+    torch.testing.assert_close(features[1, :15], features[0, :15])
+    torch.testing.assert_close(up.grid_features(1, 12, 12, first_frame=1)[0], features[1])
+    # A generator with the grid on a flat condition: a texture, the same in the
+    # border columns of its aligned frames as in the columns of the same phase inside
+    # (nothing marks the border: the grid is periodic). (The in-between frames' block
+    # matching reads one frame only where a motion brings content in from outside.)
+    generator = _with_grid_amplitudes(up.UpsampleGenerator(2, 2, z_dim=8, ch=4, grid=True).eval())
+    with torch.no_grad():
+        out = generator(condition, z, context=1)[:, :, ::2]              # (2, 3, 2, 16, 16)
+    assert (out - out[..., :1, :1]).abs().max() > 1e-2
+    torch.testing.assert_close(out[..., :4], out[..., 8:12], rtol=0, atol=1e-5)
+    torch.testing.assert_close(out[..., :4, :], out[..., 8:12, :], rtol=0, atol=1e-5)
+
+
+def test_windows_of_a_video_draw_the_grid_texture_in_one_phase():
+    # The grid's time parity is counted from the video's first frame: each window
+    # passes its own, so a clamped last window that starts at an odd frame still
+    # agrees with the whole video (at a wrong parity its texture would flip).
+    torch.manual_seed(0)
+    generator = _with_grid_amplitudes(up.UpsampleGenerator(2, 2, z_dim=8, ch=4, grid=True).eval())
+    reach = generator.temporal_receptive_field()
+    condition = torch.rand(1, 3, 7, 8, 8) * 2 - 1                       # windows 0, 2, 4, 5
+    z = torch.randn(1, 8)
+    assert up.window_starts(7, 2)[-1] == 5
+    with torch.no_grad():
+        whole = generator(pad_condition(condition, reach), z, context=reach)
+        windowed = sample.upsample(generator, condition, z, context=reach, window=2)
+        streamed = torch.cat(list(sample.upsample_chunks(generator, iter(condition.split(3, dim=2)), z,
+                                                         context=reach, window=2)), dim=2)
+    torch.testing.assert_close(windowed, whole, rtol=0, atol=1e-5)
+    torch.testing.assert_close(streamed, whole, rtol=0, atol=1e-5)
+    # The same window run as if it started the video: the texture of its odd frames flips.
+    with torch.no_grad():
+        late = generator(pad_condition(condition, reach)[:, :, 5:7 + 2 * reach], z, context=reach)
+    assert (late - whole[:, :, 10:]).abs().max() > 1e-2
+
+
+def test_grid_features_are_an_option_that_checkpoints_remember():
+    # Not the default (docs/quality.md section 18); a checkpoint trained with them
+    # rebuilds with them, one from before the flag without.
+    from training import parse_config
+
+    assert not parse_config(up.UpsampleConfig, []).grid_features
+    assert parse_config(up.UpsampleConfig, ["--grid-features"]).grid_features
+    assert not up.UpsampleGenerator(2, 2, z_dim=8, ch=4).grid
+    config = dict(preset="tiny", level=2, z_dim=8, g_ch=4, encoder_blocks=1, class_conditional=False,
+                  padding="replicate", motion_radius=1)
+    assert not up.build_generator(config, 0).grid
+    assert not hasattr(up.build_generator(config, 0), "to_grid")
+    assert up.build_generator({**config, "grid_features": True}, 0).grid
