@@ -202,6 +202,10 @@ def train_step(gan: GAN, d_steps: int | None = None) -> None:
         L_D = sum_D E[relu(1 - D(x))] + E[relu(1 + D(G(z)))]     (D updates)
         L_G = -sum_D E[D(G(z))]                                   (G update, D frozen)
 
+    The levels weight each discriminator's term (--spatial-weight, --temporal-weight,
+    --matching-weight; 1 by default); a weight changes no cost, so the bench leaves
+    them out.
+
     gan.sn_cache (bench.py --sn-cache): each update's forward and backward run inside
     torch.nn.utils.parametrize.cached(), so every spectrally normalised weight
     W / sigma(W) is computed once per update instead of at every use: level 1's

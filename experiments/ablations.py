@@ -48,8 +48,9 @@ How each variant gets the same compute (--minutes of training time, B = 60 * min
   * `single` trains B / t steps.
   * `hierarchy` splits B across its levels in the proportions the defaults do:
     level l trains s * default_steps_l steps with one scale s for all levels,
-    s = B / sum_l(default_steps_l * t_l) (defaults 900, 700, 700: level 1 gets the
-    share of time it gets in the default run).
+    s = B / sum_l(default_steps_l * t_l) (the scripts' --steps defaults, read from
+    their configs, today 900, 600, 600: level 1 gets the share of time it gets in
+    the default run).
   * The other variants change only the upsampling levels, so they share the
     hierarchy's level 1 (trained once, into <out>/hierarchy/level1; its time counts
     in every variant's budget) and split what is left, B - steps_1 * t_1, over
@@ -87,8 +88,9 @@ real clips and --clips generated videos, --seeds judges:
 What it costs on a CPU. `single` is by far the most expensive variant per step:
 its generator and discriminators work at 32x64x64 throughout. Measured once with
 --quick on 2 CPU cores shared with other jobs (one thread): level 1 took 0.5 s a
-step, levels 2 and 3 0.4 s, `single` 52 s, with a peak RSS of 5.5 GB. In the full run (default
-14 minutes, one thread, 2 h 2 min in all) `single` trained 11 steps against the
+step, levels 2 and 3 0.4 s, `single` 52 s, with a peak RSS of 5.5 GB. In the full run
+recorded in docs/ablations.md (14 minutes, one thread, 2 h 2 min in all; made when the
+defaults were 900 / 700 / 700 steps) `single` trained 11 steps against the
 hierarchy's 427 / 379 / 379, which is the equal-compute comparison the claim is about; with --quick (2 min)
 it trains 2, and its timing run alone takes minutes: --quick is a smoke test of
 the pipeline, not a result.
