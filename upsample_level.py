@@ -320,8 +320,8 @@ def grid_features(frames: int, height: int, width: int, first_frame: int = 0,
     An option (--grid-features), not the default: trained, level 3 draws the checker
     in its aligned frames, but the in-between frames matched from them do not carry
     it (a period-4 texture two pixels on is matched by a motion of +1 and -1 alike),
-    and level 2 put the texture on its objects; neither level's judge number fell
-    on two seeds (docs/quality.md, section 18).
+    and level 2 put the texture on its objects; the judge's number fell on no seed
+    tried at either level (docs/quality.md, section 18).
     """
     def axis(n):
         a = torch.arange(n, dtype=torch.float32)
