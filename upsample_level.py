@@ -566,7 +566,7 @@ class UpsampleGenerator(nn.Module):
         # interpolated condition (a sensible upsampler) and learns what to add.
         self.detail_gain = nn.Parameter(torch.tensor(0.1))
         orthogonal_init(self)
-        # The grid's amplitudes (grid_features): per pixel, 3 colours x 31 features. A
+        # The grid's amplitudes (grid_features): per pixel, 3 colours x 27 features. A
         # plain 1x1 convolution started at zero (spectral norm cannot normalise a zero
         # weight): a fresh generator draws no grid texture and learns where to.
         if grid:
