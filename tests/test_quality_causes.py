@@ -235,13 +235,20 @@ def test_matched_in_between_frames_are_the_aligned_output_frames_moved_halfway()
     assert (new.exact_condition, new.inbetween) == (True, "matched")
 
 
+def _checker(height, width, cell, phase_y, phase_x):
+    """A +-1 checker of `cell`-pixel cells moved by (phase_y, phase_x) pixels: the data's."""
+    y = torch.arange(height).view(-1, 1) - phase_y
+    x = torch.arange(width).view(1, -1) - phase_x
+    return (1 - 2 * ((torch.div(y, cell, rounding_mode="floor")
+                      + torch.div(x, cell, rounding_mode="floor")) % 2)).float()
+
+
 def _square_over_a_scrolling_checker(t):
     """Frame t (3, 24, 24) of a background (a 1-pixel checker over faint noise)
     scrolling right one pixel per frame, with a flat square moving down one pixel per
     frame over it, and the square's mask (24, 24)."""
     x = torch.arange(24) - t + 8
-    y = torch.arange(24)
-    checker = 0.15 * (1 - 2 * ((x[None, :] + y[:, None]) % 2)).float()
+    checker = 0.15 * _checker(24, 24, 1, 0, t - 8)
     noise = 0.05 * torch.randn(3, 24, 40, generator=torch.Generator().manual_seed(0))[:, :, x]
     frame = checker + noise - 0.2
     square = torch.zeros(24, 24, dtype=torch.bool)
@@ -343,14 +350,6 @@ def test_level1_checkpoints_from_before_the_clock_rebuild_without_it():
     assert not rebuilt.clock and not hasattr(rebuilt, "clock_map")
     rebuilt.load_state_dict(old.state_dict())                      # strict: the same keys
     assert hasattr(level1.build_generator({**config, "clock": True}, 0), "clock_map")
-
-
-def _checker(height, width, cell, phase_y, phase_x):
-    """A +-1 checker of `cell`-pixel cells moved by (phase_y, phase_x) pixels: the data's."""
-    y = torch.arange(height).view(-1, 1) - phase_y
-    x = torch.arange(width).view(1, -1) - phase_x
-    return (1 - 2 * ((torch.div(y, cell, rounding_mode="floor")
-                      + torch.div(x, cell, rounding_mode="floor")) % 2)).float()
 
 
 def _with_grid_amplitudes(generator, seed=0):
