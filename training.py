@@ -485,7 +485,14 @@ def synchronize(device: torch.device) -> None:
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, seconds: float = 0.3,
                 rounds: int = 5) -> float:
     """FLOP/s of an (n x n) @ (n x n) matmul: 2 n^3 FLOPs, the best of `rounds` rounds
-    of at least `seconds` each (and at least 2 matmuls). The reference for MFU."""
+    of at least `seconds` each (and at least 2 matmuls). The reference for MFU.
+
+    A GPU runs the matmuls asynchronously: `a @ b` returns as soon as it is queued,
+    in microseconds. So the clock is read after waiting for each one (synchronize);
+    a loop that only looked at the clock would queue thousands of matmuls in
+    `seconds` and then wait for all of them: on one H200 in float32, with ten runs
+    sharing it, the start-up measurement ran for over 7 minutes (docs/multi_gpu.md).
+    """
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b                                              # warm-up (cuBLAS / oneDNN set-up)
@@ -496,8 +503,8 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, seconds: float
         repeats = 0
         while time.perf_counter() - start < seconds or repeats < 2:
             a @ b
+            synchronize(device)                        # wait for it: one matmul in flight at a time
             repeats += 1
-        synchronize(device)
         best = min(best, (time.perf_counter() - start) / repeats)
     return 2 * n**3 / best
 

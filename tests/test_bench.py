@@ -56,3 +56,37 @@ def test_partial_views_keep_a_training_step_flat_while_the_whole_video_grows():
     assert abs(peak["upsample", 64] / peak["upsample", 16] - 1) < 0.05
     # ... the single GAN's grows with the length (about linearly).
     assert peak["baseline", 64] > 2.5 * peak["baseline", 16]
+
+
+def test_matmul_peak_waits_for_each_matmul_on_an_asynchronous_device(monkeypatch):
+    """training.matmul_peak (the FLOP/s that MFU is measured against) on a simulated
+    GPU: a launch returns at once and the device runs the queued matmuls one after
+    another, 1 ms each; synchronize waits until the queue is empty. The estimate is
+    the matmul's true rate and the measurement lasts about rounds x seconds. (Reading
+    the clock without waiting for the matmuls queued thousands in each round's
+    `seconds` of launching, then waited seconds for them: over 7 minutes on a
+    shared H200 in float32.)"""
+    import torch
+
+    import training
+
+    cost, launch = 1e-3, 1e-5                    # seconds: one matmul on the device, one launch
+    clock = {"now": 0.0, "busy_until": 0.0}
+
+    class Queued:
+        def __matmul__(self, other):
+            clock["now"] += launch
+            clock["busy_until"] = max(clock["busy_until"], clock["now"]) + cost
+            return self
+
+    def wait(device):
+        clock["now"] = max(clock["now"], clock["busy_until"])
+
+    monkeypatch.setattr(torch, "randn", lambda *args, **kwargs: Queued())
+    monkeypatch.setattr(training, "synchronize", wait)
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock["now"])
+    n, seconds, rounds = 64, 0.02, 3
+    peak = training.matmul_peak(torch.device("cuda"), torch.float32, n, seconds=seconds, rounds=rounds)
+    assert abs(peak / (2 * n**3 / (cost + launch)) - 1) < 1e-6
+    # Warm-up plus each round's seconds and the matmul that crosses its end.
+    assert clock["now"] <= (cost + launch) + rounds * (seconds + cost + launch) + 1e-9
