@@ -6,7 +6,7 @@ takes a few minutes; each test says which path it exercises:
 
   * a few training steps of level 1 and level 2 with --amp bf16 (the default on
     CUDA), --amp fp16 (with loss scaling) and --compile, finite losses, float32
-    weights;
+    weights; level 2 with --grid-features;
   * resuming on the GPU gives the same weights as an uninterrupted run (within a
     tolerance: cuDNN's kernels are not bit-for-bit reproducible);
   * torchrun with one process joins an NCCL process group and trains;
@@ -70,6 +70,21 @@ def test_a_few_steps_train_on_the_gpu(tmp_path, level, flags):
             if value.is_floating_point():
                 assert value.dtype == torch.float32, (name, key)   # autocast leaves weights float32
                 assert torch.isfinite(value).all(), (name, key)
+
+
+def test_level2_with_grid_features_trains_on_the_gpu(tmp_path):
+    """--grid-features (off by default): the Fourier features of the pixel grid are
+    built on the device and in autocast's dtype (upsample_level.grid_features)."""
+    main, level_flags = LEVELS[2]
+    out = tmp_path / "run"
+    assert run_script(main, SMALL + level_flags + ["--grid-features", "--amp", "bf16", "--steps", "3",
+                                                   "--out", str(out)]) == 0
+    rows = logged(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(abs(r["loss_d"]) < 1e4 and abs(r["loss_g"]) < 1e4 for r in rows)
+    ckpt = load_checkpoint(out / "ckpt.pt")
+    assert ckpt["config"]["grid_features"] is True
+    assert "to_grid.weight" in ckpt["models"]["generator"]
 
 
 @pytest.mark.parametrize("level", [1, 2])
