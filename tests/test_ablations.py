@@ -16,6 +16,8 @@ import pytest
 import torch
 
 import data
+import level1
+import upsample_level
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "experiments"))
@@ -50,6 +52,33 @@ def test_the_budget_is_split_in_the_default_proportions():
     assert sum(r.steps * r.seconds_per_step for r in slower) == pytest.approx(600 - steps[0] * 0.5, rel=0.01)
 
 
+def test_every_variants_runs_are_command_lines_their_level_script_accepts(tmp_path):
+    # What each variant changes reaches the level script's config (the end-to-end test
+    # below trains four of the seven variants; the other three differ only in these flags).
+    args = ablations.parse_args(["--out", str(tmp_path), "--device", "cpu"])
+    configs = {"level1": level1.Level1Config, "upsample_level": upsample_level.UpsampleConfig}
+    for name, variant in ablations.VARIANTS.items():
+        runs = ablations.level_runs(variant, args)
+        assert [r.level for r in runs] == ([1] if variant.single else [1, 2, 3])
+        for run in runs:
+            cfg = ablations.run_config(configs[run.script], run.argv(run.out, 5))
+            assert cfg.steps == 5 and cfg.out == str(run.out) and cfg.seed == 0
+            assert cfg.preset == (ablations.SINGLE_PRESET if variant.single else ablations.PRESET)
+            if run.level == 1:
+                continue
+            assert cfg.level == run.level
+            assert cfg.matching is (name != "no_matching")
+            assert cfg.context == (int(name[-1]) if name.startswith("context_") else None)
+            whole = name == "whole_video"
+            assert cfg.crop_frames == (data.level_spec(ablations.PRESET, run.level).frames if whole else None)
+            assert cfg.crop_size == (0 if whole else None)
+
+
+# The end-to-end run trains these: the hierarchy, the one-GAN baseline, and two that change
+# only the upsampling levels (one of them on whole videos). All seven take twice as long.
+TRAINED = ["hierarchy", "single", "context_0", "whole_video"]
+
+
 def test_every_variant_trains_for_the_same_time_and_gets_a_row(tmp_path):
     out, table = tmp_path / "ablations", tmp_path / "rows.json"
     small = ("--g-ch 4 --d-ch 4 --z-dim 8 --batch-size 2 --num-samples 1 --k-frames 2 "
@@ -60,11 +89,11 @@ def test_every_variant_trains_for_the_same_time_and_gets_a_row(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "experiments" / "ablations.py"), "--minutes", "0.02",
          "--timing-steps", "2", "--clips", "8", "--seeds", "1", "--device", "cpu", "--out", str(out),
-         "--train-flags", small, "--json", str(table)],
+         "--train-flags", small, "--json", str(table), "--variants", ",".join(TRAINED)],
         capture_output=True, text=True, cwd=tmp_path, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(table.read_text())
-    assert [r["name"] for r in rows] == list(ablations.VARIANTS)
+    assert [r["name"] for r in rows] == TRAINED
     for r in rows:
         levels = 1 if r["name"] == "single" else 3
         assert 0.0 <= r["c2st"] <= 1.0 and 0.0 <= r["c2st_4x"] <= 1.0
