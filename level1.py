@@ -76,9 +76,22 @@ class Level1Config(TrainConfig):
                                "input (--no-clock: the same input at every frame, as DVD-GAN, "
                                "whose motion dies out past the training length)")
 
+    # R1 (Mescheder et al. 2018) on real clips, lazily (StyleGAN2): off by default until
+    # the README's table is re-run with it; with gamma 1, every 4th D step, level 1's
+    # clips are told from real ones less often on two seeds, at the default's time
+    # (docs/quality.md section 20).
+    r1_gamma: float = option(0.0, "R1 penalty: gamma / 2 * E ||d(sum_D w_D D(x)) / dx||^2 over real clips x, "
+                                  "added to the discriminators' loss (docs/quality.md section 20: 1 "
+                                  "is better than 0 on two seeds)", "[0, inf)", zero_means="no penalty")
+    r1_every: int = option(4, "lazy R1: the penalty on every N-th discriminator step only, weighted N "
+                              "times (StyleGAN2)", "[1, inf)")
+
     def check(self) -> None:
         """Flag combinations level 1 cannot train with (see TrainConfig.check)."""
         super().check()
+        if self.r1_gamma and self.compile:
+            raise UserError("--r1-gamma with --compile: torch.compile cannot take the second derivative "
+                            "R1 needs; use one or the other")
         frames = level_spec(self.preset, 1).frames
         if self.k_frames > frames:
             raise UserError(
@@ -288,18 +301,39 @@ def discriminator_scores(discriminators: dict, video: torch.Tensor, labels) -> d
     return {name: d(video, labels) for name, d in discriminators.items()}
 
 
-def discriminator_loss(discriminators: dict, weights: dict, real, fake, real_labels, fake_labels):
+def discriminator_loss(discriminators: dict, weights: dict, real, fake, real_labels, fake_labels,
+                       r1_gamma: float = 0.0):
     """The discriminators' hinge loss, weighted, and the numbers the log shows of it:
 
         L_D = sum_D w_D * ( E_x[relu(1 - D(x))] + E_z[relu(1 + D(G(z)))] ),  D in {D_S, D_T}
+              + r1_gamma * r1_penalty                          (only when r1_gamma > 0)
 
     real, fake (B, 3, T, H, W); fake = G(z) computed without gradients (only D learns
     from this loss). -> (L_D, {d_<name>_loss, d_<name>_real, d_<name>_fake: scalars}).
+    With R1 the real clips are scored in float32: the penalty's gradient could
+    underflow in float16.
     """
-    real_scores = discriminator_scores(discriminators, real, real_labels)
+    if r1_gamma:
+        real = real.detach().float().requires_grad_(True)     # R1 needs d D(x) / dx
+        with torch.autocast(real.device.type, enabled=False):
+            real_scores = discriminator_scores(discriminators, real, real_labels)
+    else:
+        real_scores = discriminator_scores(discriminators, real, real_labels)
     fake_scores = discriminator_scores(discriminators, fake, fake_labels)
     loss = sum(weights[name] * hinge_d_loss(real_scores[name], fake_scores[name]) for name in real_scores)
+    if r1_gamma:
+        loss = loss + r1_gamma * r1_penalty(real_scores, weights, real)
     return loss, discriminator_stats(real_scores, real_scores.values(), fake_scores.values())
+
+
+def r1_penalty(real_scores: dict, weights: dict, real: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): 1/2 * E_x ||d(sum_D w_D D(x)) / dx||^2 over the real
+    clips x, which were scored with requires_grad. It keeps the discriminators' slope
+    at the data small, which damps the swings of a GAN run; its gradient needs a
+    second derivative (create_graph). -> scalar."""
+    total = sum(weights[name] * scores.float().sum() for name, scores in real_scores.items())
+    grad, = torch.autograd.grad(total, real, create_graph=True)
+    return 0.5 * grad.pow(2).flatten(1).sum(1).mean()
 
 
 def generator_loss(discriminators: dict, weights: dict, fake, labels) -> torch.Tensor:
@@ -454,16 +488,19 @@ def main(argv=None) -> None:
             torch.manual_seed(step_seed(cfg.seed, dist.rank, step))
             # ---- Discriminator: d_steps updates on fresh real batches. ----------------
             # L_D = sum_D w_D * ( E_x[relu(1 - D(x))] + E_z[relu(1 + D(G(z)))] )
-            for _ in range(cfg.d_steps):
+            # + lazy R1 (--r1-gamma): on every r1_every-th D step of the run, weighted r1_every times.
+            for i in range(cfg.d_steps):
                 batch = next(batches)
                 real = batch["target"].to(device, non_blocking=True)   # (B, 3, T, H, W)
                 labels = batch["label"].to(device) if num_classes else None
                 z, fake_labels = new_latents()
+                r1_now = (step * cfg.d_steps + i + 1) % cfg.r1_every == 0
                 with autocast(device, amp_dtype):
                     with torch.no_grad():
                         fake = generator(z, fake_labels)
                     loss_d, d_stats = discriminator_loss(discriminators, weights, real, fake,
-                                                         labels, fake_labels)
+                                                         labels, fake_labels,
+                                                         cfg.r1_gamma * cfg.r1_every if r1_now else 0.0)
                 d_opt.zero_grad(set_to_none=True)
                 d_scaler.scale(loss_d).backward()
                 d_scaler.step(d_opt)

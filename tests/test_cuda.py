@@ -87,6 +87,19 @@ def test_level2_with_grid_features_trains_on_the_gpu(tmp_path):
     assert "to_grid.weight" in ckpt["models"]["generator"]
 
 
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_level1_with_r1_trains_on_the_gpu(tmp_path, amp):
+    """--r1-gamma (off by default): the real clips scored in float32 with autocast off,
+    the second derivative on the GPU, the penalty inside fp16's loss scaling."""
+    main, level_flags = LEVELS[1]
+    out = tmp_path / "run"
+    assert run_script(main, SMALL + level_flags + ["--r1-gamma", "1", "--r1-every", "1", "--amp", amp,
+                                                   "--steps", "3", "--out", str(out)]) == 0
+    rows = logged(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(abs(r["loss_d"]) < 1e4 and abs(r["loss_g"]) < 1e4 for r in rows)
+
+
 @pytest.mark.parametrize("level", [1, 2])
 def test_resuming_on_the_gpu_gives_the_weights_of_an_uninterrupted_run(tmp_path, level, monkeypatch):
     # Deterministic cuDNN kernels where they exist. Some CUDA backward kernels have no

@@ -112,6 +112,7 @@ SMALL = ["--g-ch", "8", "--d-ch", "8", "--z-dim", "16", "--batch-size", "4",
 
 @pytest.mark.parametrize("module,flags,run_name", [
     ("level1", [], "level1"),
+    ("level1", ["--r1-gamma", "1", "--r1-every", "1"], "level1"),   # R1's double backward under DDP
     ("upsample_level", ["--level", "2", "--k-frames", "4", "--num-samples", "1"], "level2"),
 ])
 def test_two_ranks_train_one_model_and_only_rank_0_writes(tmp_path, module, flags, run_name):

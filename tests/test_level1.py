@@ -138,3 +138,45 @@ def test_the_losses_are_the_weighted_hinge_losses_of_both_discriminators():
     assert float(stats["d_temporal_fake"]) == pytest.approx(0.75)
     # L_G = -(1.0 * (-1.5) + 3.0 * 0.75)
     assert float(level1.generator_loss(ds, weights, fake, None)) == pytest.approx(-(-1.5 + 2.25))
+
+
+def test_r1_adds_gamma_over_two_times_the_squared_input_gradient_of_the_weighted_scores():
+    """R1 with the stand-in discriminators above: d(sum_D w_D D(x)) / dx = (1 * 2 - 3 * 1) / N
+    at each of a clip's N numbers, so 1/2 * ||grad||^2 = 1 / (2N), times gamma."""
+    ds = {"spatial": lambda video, labels=None: 2 * video.mean(dim=(1, 2, 3, 4)),
+          "temporal": lambda video, labels=None: -video.mean(dim=(1, 2, 3, 4))}
+    weights = {"spatial": 1.0, "temporal": 3.0}
+    real, fake = torch.full((2, 3, 4, 8, 8), 0.25), torch.full((2, 3, 4, 8, 8), -0.75)
+    plain, _ = level1.discriminator_loss(ds, weights, real, fake, None, None)
+    with_r1, stats = level1.discriminator_loss(ds, weights, real, fake, None, None, r1_gamma=4.0)
+    # (float32 sums of ~10: the difference holds to about 1e-6 / 2.6e-3 relative)
+    assert float(with_r1 - plain) == pytest.approx(4.0 / (2 * real[0].numel()), rel=1e-3)
+    assert float(stats["d_spatial_real"]) == pytest.approx(0.5)      # the hinge part is unchanged
+
+
+def test_r1_pulls_the_discriminators_slope_at_the_data_towards_zero():
+    """A linear D(x) = <w, x>: d D / dx = w, the penalty gamma / 2 ||w||^2, its gradient
+    gamma * w; with real = fake = 0 the hinge adds no gradient, so that is all of it."""
+    w = torch.randn(3, 2, 4, 4, requires_grad=True)
+    ds = {"linear": lambda video, labels=None: (w * video).flatten(1).sum(1)}
+    zeros = torch.zeros(2, 3, 2, 4, 4)
+    loss, _ = level1.discriminator_loss(ds, {"linear": 1.0}, zeros, zeros, None, None, r1_gamma=0.5)
+    loss.backward()
+    torch.testing.assert_close(w.grad, 0.5 * w.detach())
+
+
+def test_lazy_r1_runs_on_every_nth_discriminator_step_weighted_n_times(tmp_path, small_level1_args,
+                                                                       monkeypatch):
+    """--r1-every 4 with 2 D steps per step: the run's 4th D step (step 2's second) has
+    the penalty, weighted 4 x gamma; the others none."""
+    given, real_loss = [], level1.discriminator_loss
+
+    def recording(*args, **kwargs):
+        given.append(args[6])
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(level1, "discriminator_loss", recording)
+    code = run_script(level1.main, small_level1_args + ["--steps", "3", "--r1-gamma", "0.5", "--r1-every", "4",
+                                                        "--out", str(tmp_path / "run")])
+    assert code == 0
+    assert given == [0.0, 0.0, 0.0, 2.0, 0.0, 0.0]
