@@ -150,7 +150,7 @@ def test_r1_adds_gamma_over_two_times_the_squared_input_gradient_of_the_weighted
     plain, _ = level1.discriminator_loss(ds, weights, real, fake, None, None)
     with_r1, stats = level1.discriminator_loss(ds, weights, real, fake, None, None, r1_gamma=4.0)
     # (float32 sums of ~10: the difference holds to about 1e-6 / 2.6e-3 relative)
-    assert float(with_r1 - plain) == pytest.approx(4.0 / (2 * real[0].numel()), rel=1e-3)
+    assert float((with_r1 - plain).detach()) == pytest.approx(4.0 / (2 * real[0].numel()), rel=1e-3)
     assert float(stats["d_spatial_real"]) == pytest.approx(0.5)      # the hinge part is unchanged
 
 
