@@ -58,6 +58,8 @@ def weights(path):
                          ids=["bf16", "fp16", "compile"])
 @pytest.mark.parametrize("level", [1, 2])
 def test_a_few_steps_train_on_the_gpu(tmp_path, level, flags):
+    """Level 1 takes R1 on its 4th D step (of 6); with --compile that step runs the
+    discriminators uncompiled (compiled code has no second derivative)."""
     main, level_flags = LEVELS[level]
     out = tmp_path / "run"
     assert run_script(main, SMALL + level_flags + flags + ["--steps", "3", "--out", str(out)]) == 0
@@ -89,8 +91,9 @@ def test_level2_with_grid_features_trains_on_the_gpu(tmp_path):
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_level1_with_r1_trains_on_the_gpu(tmp_path, amp):
-    """--r1-gamma (off by default): the real clips scored in float32 with autocast off,
-    the second derivative on the GPU, the penalty inside fp16's loss scaling."""
+    """R1 at every D step (level 1's default is every 4th): the real clips scored in
+    float32 with autocast off, the second derivative on the GPU, the penalty inside
+    fp16's loss scaling."""
     main, level_flags = LEVELS[1]
     out = tmp_path / "run"
     assert run_script(main, SMALL + level_flags + ["--r1-gamma", "1", "--r1-every", "1", "--amp", amp,

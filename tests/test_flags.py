@@ -201,9 +201,6 @@ def test_flag_combinations_are_refused_before_anything_is_written(tmp_path, caps
         (level1.main, ["--k-frames", "9"],
          "--k-frames 9: the spatial discriminator picks frames of level 1's 8-frame clips "
          "(preset 'tiny'); use --k-frames 8 or fewer"),
-        (level1.main, ["--r1-gamma", "1", "--compile"],
-         "--r1-gamma with --compile: torch.compile cannot take the second derivative R1 needs; "
-         "use one or the other"),
         (upsample_level.main, ["--eval-every", "50", "--i3d", str(tmp_path / "missing.pt")],
          f"--eval-every 50: --i3d points to {str(tmp_path / 'missing.pt')!r}, which is not a "
          "file; pass the I3D weights file (see metrics.py), or leave it out to evaluate with "
