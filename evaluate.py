@@ -299,7 +299,9 @@ def main(argv=None) -> dict:
     device = resolve_device(args.device)
     chain = None
     if has_chain:
-        chain = sample.load_chain(runs=args.runs, ckpts=args.ckpt, preset=args.preset, device=device)
+        # --level L: the chain's levels 1..L only (levels above may be untrained yet).
+        chain = sample.load_chain(runs=args.runs, ckpts=args.ckpt, preset=args.preset, device=device,
+                                  levels=args.level)
 
     if args.calibrate:
         preset = args.preset or (chain.preset if chain else "tiny")

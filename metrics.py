@@ -1162,7 +1162,9 @@ def add_real_arguments(parser, chain: bool = False) -> None:
                            + ("the chain's, else " if chain else "") + "--real if it names a preset, "
                            "else tiny)")
     real.add_argument("--level", type=flags.ranged("--level", int, "[1, inf)"), default=None,
-                      help=flags.ranged_help("level whose clip shape the real clips take "
+                      help=flags.ranged_help(("evaluate the chain's levels 1..LEVEL only "
+                                              "(default: all)") if chain else
+                                             "level whose clip shape the real clips take "
                                              "(default: the last)", "[1, inf)"))
 
 

@@ -309,8 +309,8 @@ def _load_states(runs, ckpts, preset, levels, first=1):
         raise UserError(
             f"level {missing} is missing from the chain: got {len(states)} checkpoint(s) for "
             f"preset {preset!r}'s levels {first}..{levels}. Train it with "
-            f"`{train_command(preset, missing)}` and add its checkpoint, or pass --levels "
-            f"{missing - 1} to stop at level {missing - 1}.")
+            f"`{train_command(preset, missing)}` and add its checkpoint, or stop the chain at "
+            f"level {missing - 1} (sample.py --levels {missing - 1}, evaluate.py --level {missing - 1}).")
     if len(states) > levels - first + 1:
         raise UserError(f"got {len(states)} checkpoints but the chain has {levels - first + 1} "
                         f"levels ({first}..{levels} of preset {preset!r}, --levels {levels}); "
