@@ -305,7 +305,8 @@ def discriminator_loss(discriminators: dict, weights: dict, real, fake, real_lab
               + r1_gamma * r1_penalty                          (only when r1_gamma > 0)
 
     real, fake (B, 3, T, H, W); fake = G(z) computed without gradients (only D learns
-    from this loss). -> (L_D, {d_<name>_loss, d_<name>_real, d_<name>_fake: scalars}).
+    from this loss). -> (L_D, {d_<name>_loss, d_<name>_real, d_<name>_fake: scalars,
+    and loss_d_r1, the R1 term, when r1_gamma > 0}).
     With R1 the real clips are scored in float32: the penalty's gradient could
     underflow in float16.
     """
@@ -317,9 +318,12 @@ def discriminator_loss(discriminators: dict, weights: dict, real, fake, real_lab
         real_scores = discriminator_scores(discriminators, real, real_labels)
     fake_scores = discriminator_scores(discriminators, fake, fake_labels)
     loss = sum(weights[name] * hinge_d_loss(real_scores[name], fake_scores[name]) for name in real_scores)
+    stats = discriminator_stats(real_scores, real_scores.values(), fake_scores.values())
     if r1_gamma:
-        loss = loss + r1_gamma * r1_penalty(real_scores, weights, real)
-    return loss, discriminator_stats(real_scores, real_scores.values(), fake_scores.values())
+        r1 = r1_gamma * r1_penalty(real_scores, weights, real)
+        loss = loss + r1
+        stats["loss_d_r1"] = r1.detach()        # the log shows the R1 term on the steps that take it
+    return loss, stats
 
 
 def r1_penalty(real_scores: dict, weights: dict, real: torch.Tensor) -> torch.Tensor:

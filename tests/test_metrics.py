@@ -436,8 +436,8 @@ def test_evaluate_scores_the_chains_samples_against_a_data_py_dataset(tmp_path, 
     class Chain:
         preset, specs, paths, steps = "tiny", [None], [tmp_path / "level1" / "ckpt.pt"], [10]
 
-    def load_chain(runs=None, ckpts=None, device="cpu", preset=None):
-        assert runs == str(tmp_path / "runs") and ckpts is None
+    def load_chain(runs=None, ckpts=None, device="cpu", preset=None, levels=None):
+        assert runs == str(tmp_path / "runs") and ckpts is None and levels == 1   # --level 1
         return Chain()
 
     def generate(chain, num, seed, batch_size=8):

@@ -83,14 +83,19 @@ def test_each_discriminator_is_logged_and_they_add_up_to_loss_d(run):
                                   ("level2", ("spatial", "temporal", "matching"), (1.0, 1.0, 1.0))]:
         for r in records(run / level):
             assert {f"d_{n}_{what}" for n in names for what in ("loss", "real", "fake")} <= r.keys()
-            # loss_d = sum_D w_D * L_D (from the same, last, discriminator update)
-            assert r["loss_d"] == pytest.approx(sum(w * r[f"d_{n}_loss"] for n, w in zip(names, weights)),
-                                                rel=1e-5)
+            # loss_d = sum_D w_D * L_D (+ level 1's R1 term), from the same, last, D update
+            assert r["loss_d"] == pytest.approx(sum(w * r[f"d_{n}_loss"] for n, w in zip(names, weights))
+                                                + r.get("loss_d_r1", 0.0), rel=1e-5)
             for n in names:
                 # Each loss is a hinge loss of those scores: E[relu(1 - D(x))] + E[relu(1 + D(G(z)))]
                 # >= relu(1 - E[D(x)]) + relu(1 + E[D(G(z))]) (Jensen: relu is convex), and >= 0.
                 bound = max(0, 1 - r[f"d_{n}_real"]) + max(0, 1 + r[f"d_{n}_fake"])
                 assert r[f"d_{n}_loss"] >= bound - 1e-5
+    # Level 1's lazy R1 (every 4th D step, 2 D steps per step): the last D update of
+    # steps 2 and 4 takes it; the upsampling levels have none.
+    assert [r["step"] for r in records(run / "level1") if "loss_d_r1" in r] == [2, 4]
+    assert all(r["loss_d_r1"] > 0 for r in records(run / "level1") if "loss_d_r1" in r)
+    assert not any("loss_d_r1" in r for r in records(run / "level2"))
 
 
 def parse(page):
