@@ -2,7 +2,8 @@
 
 The level scripts write, per level, `log.jsonl` (one line every --log-every steps:
 loss_d, loss_g, each discriminator's own hinge loss d_<name>_loss and mean scores
-d_<name>_real = E[D(x)], d_<name>_fake = E[D(G(z))], and with --eval-every the
+d_<name>_real = E[D(x)], d_<name>_fake = E[D(G(z))], level 1's R1 term loss_d_r1 on
+the steps whose last D update takes it (not drawn), and with --eval-every the
 quality metrics: c2st, fvd, ...), `samples/step_XXXXXX.{gif,mp4}` (upsampling
 levels: condition | output side by side, with `step_XXXXXX.json`: how far the output
 strays from its condition, how much fine detail it has) and `ckpt.pt` (the config).
