@@ -223,7 +223,7 @@ def test_evaluate_needs_a_trained_hierarchy_or_calibrate(tmp_path):
         evaluate.main(["--real", str(tmp_path), "--calibrate", "--out", str(tmp_path / "m.json")])
 
 
-def test_evaluate_level_scores_the_chain_up_to_that_level(tmp_path, monkeypatch):
+def test_evaluate_level_scores_the_chain_up_to_that_level(tmp_path, monkeypatch, small_level1_args):
     """A hierarchy whose upper levels are not trained yet: `evaluate.py --level L`
     scores levels 1..L; without it the error says which flag stops the chain there."""
     import level1
@@ -232,9 +232,7 @@ def test_evaluate_level_scores_the_chain_up_to_that_level(tmp_path, monkeypatch)
 
     monkeypatch.delenv("HVG_I3D", raising=False)
     run = tmp_path / "level1"
-    assert run_script(level1.main, ["--g-ch", "4", "--d-ch", "4", "--z-dim", "8", "--batch-size", "2",
-                                    "--num-samples", "1", "--device", "cpu", "--steps", "1",
-                                    "--out", str(run)]) == 0
+    assert run_script(level1.main, small_level1_args + ["--steps", "1", "--out", str(run)]) == 0
     args = ["--real", "synthetic", "--ckpt", str(run / "ckpt.pt"), "--c2st-num-videos", "8",
             "--c2st-seeds", "1", "--c2st-epochs", "1", "--device", "cpu", "--out", str(tmp_path / "e.json")]
     with pytest.raises(UserError, match=r"evaluate\.py --level 1\)"):
