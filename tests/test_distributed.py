@@ -1,9 +1,9 @@
 """What multi-process training guarantees: `torchrun --nproc_per_node=N level1.py ...`
 (and the same for `upsample_level.py`) trains ONE model on N processes.
 
-  * every rank ends with the same weights (DDP averages the gradients, and every
-    rank starts from the same initialisation), although each rank draws its own
-    noise and reads its own slice of the global batch;
+  * every rank ends with the same weights, generator and discriminators (DDP
+    averages the gradients, and every rank starts from the same initialisation),
+    although each rank draws its own noise and reads its own slice of the global batch;
   * only rank 0 writes: one log line per logged step, one checkpoint, one set of
     samples; rank 1 opens no file for writing at all;
   * the global --batch-size is split across the ranks and must divide evenly.
@@ -16,7 +16,8 @@ How the weights of every rank are seen without any hook in the product code: the
 job runs a small wrapper script (written below into the test's folder) that
 replaces the level script's `update_ema` by a function that calls the real one
 and remembers its `model` argument, the plain (unwrapped) generator, after every
-step. When main() returns, each rank saves what it remembered to rank<r>.pt. On
+step, and the level's `discriminator_loss` by one that remembers the discriminators
+it is given. When main() returns, each rank saves what it remembered to rank<r>.pt. On
 rank 1 the wrapper also installs a Python audit hook that records every file it
 opens for writing, every folder it creates or file it renames or removes, and
 every subprocess it starts (ffmpeg writes the sample videos), so "rank 1 wrote
@@ -59,6 +60,17 @@ WRAPPER = textwrap.dedent('''
 
     script.update_ema = recording_update_ema      # main() looks the name up at call time
 
+    # The discriminators: the dict every discriminator step passes to the level's
+    # discriminator_loss (the same modules each time); their weights are saved at the end.
+    real_discriminator_loss = script.discriminator_loss
+    discriminators = {{}}
+
+    def recording_discriminator_loss(modules, *args, **kwargs):
+        discriminators.update(modules)
+        return real_discriminator_loss(modules, *args, **kwargs)
+
+    script.discriminator_loss = recording_discriminator_loss
+
     def audit(event, args):
         if not recording[0]:
             return
@@ -79,7 +91,9 @@ WRAPPER = textwrap.dedent('''
         script.main(sys.argv[1:])
     finally:
         recording[0] = False
-        torch.save({{"snapshots": snapshots, "writes": writes}},
+        d_states = {{name: {{k: v.detach().clone() for k, v in d.state_dict().items()}}
+                    for name, d in discriminators.items()}}
+        torch.save({{"snapshots": snapshots, "writes": writes, "discriminators": d_states}},
                    os.path.join(dump_dir, f"rank{{rank}}.pt"))
 ''')
 
@@ -131,6 +145,14 @@ def test_two_ranks_train_one_model_and_only_rank_0_writes(tmp_path, module, flag
                                        msg=f"step {step}: {name} differs between ranks")
     # The second step changed the weights, so equality is not a model that never moved.
     assert any(not torch.equal(rank0[0][n], rank0[1][n]) for n in rank0[0])
+    # ... and the same discriminators (with R1, its double backward's gradients too are
+    # averaged across the ranks).
+    d0, d1 = (d["discriminators"] for d in dumps)
+    assert d0.keys() == d1.keys() and len(d0) >= 2
+    for name in d0:
+        for key in d0[name]:
+            torch.testing.assert_close(d0[name][key], d1[name][key], rtol=0, atol=0,
+                                       msg=f"discriminator {name}: {key} differs between ranks")
 
     # ---- The checkpoint (written by rank 0) holds those weights. -----------------
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
