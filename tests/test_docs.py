@@ -33,7 +33,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
 SHELL_FENCES = {"bash", "sh", "shell", "console"}
-SEPARATORS = {"&&", "||", ";", "|", "&"}
+SEPARATORS = {"&&", "||", ";", "|", "&", "(", ")"}     # a subshell's parentheses end a command too
 
 
 @dataclass(frozen=True)
@@ -209,6 +209,7 @@ def test_the_command_reader_handles_the_shell_forms_the_docs_use():
         "torchrun --nproc_per_node=8 level1.py --preset kinetics600 \\",
         "    --batch-size 512 ...",
         "pip install -r requirements.txt && python -m pytest -q tests",
+        "export OMP_NUM_THREADS=1 && (python level1.py & python sample.py --frames 64 && wait $!)",
         "```",
         "```python",
         "python not_a_shell_block.py --x",
@@ -218,6 +219,8 @@ def test_the_command_reader_handles_the_shell_forms_the_docs_use():
     assert [p for p in parsed if p] == [
         ("data.py", ("preview",), ("--out", "--num")),
         ("level1.py", (), ("--preset", "--batch-size")),
+        ("level1.py", (), ()),
+        ("sample.py", (), ("--frames",)),
     ]
 
 
