@@ -240,3 +240,45 @@ def test_every_doc_command_names_a_script_and_flags_it_accepts(command, helps):
     unknown = [flag for flag in command.flags if flag not in accepted_flags(help_text)]
     assert not unknown, (f"{command}\n  {command.script} does not accept {', '.join(unknown)} "
                          f"(see `python {command.script} --help`)")
+
+
+def test_the_first_command_trains_level_1_beside_levels_2_and_3_then_samples(tmp_path):
+    """The README's first command, run by bash with stand-ins for `pip` and `python`
+    that log when each script starts and ends: level 1 (the slow one) runs while
+    levels 2 and 3 train one after the other, each with one thread, and `sample.py`
+    starts only once all three have ended; a failing level 1 stops it and fails the
+    command. (Levels 2 and 3 train on real clips brought down, so they need nothing
+    from level 1.)"""
+    readme = (ROOT / "README.md").read_text()
+    first = next(line for _, line in shell_blocks(readme) if "level1.py" in line)
+    bin_dir, log = tmp_path / "bin", tmp_path / "events.log"
+    bin_dir.mkdir()
+    (bin_dir / "pip").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "python").write_text(
+        "#!/bin/sh\n"
+        f'echo "start $1 $OMP_NUM_THREADS" >> {log}\n'
+        'case "$1" in level1.py) sleep 1.5; code=${LEVEL1_EXIT:-0};; *) sleep 0.2; code=0;; esac\n'
+        f'echo "end $1" >> {log}\n'
+        "exit $code\n")
+    for stand_in in bin_dir.iterdir():
+        stand_in.chmod(0o755)
+
+    def run(level1_exit):
+        log.write_text("")
+        env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+                   LEVEL1_EXIT=str(level1_exit))
+        env.pop("OMP_NUM_THREADS", None)
+        done = subprocess.run(["bash", "-c", first], cwd=tmp_path, env=env, timeout=60)
+        return done.returncode, log.read_text().split("\n")[:-1]
+
+    code, events = run(0)
+    assert code == 0, events
+    at = {event: i for i, event in enumerate(events)}
+    assert sorted(events) == sorted(["start level1.py 1", "end level1.py", "start sample.py 1",
+                                     "end sample.py"] + ["start upsample_level.py 1",
+                                                         "end upsample_level.py"] * 2)
+    ups = [i for i, event in enumerate(events) if event.startswith("end upsample")]
+    assert at["start level1.py 1"] < ups[0], events           # beside them, not before
+    assert ups[1] < at["end level1.py"] < at["start sample.py 1"], events
+    code, events = run(3)
+    assert code != 0 and not any("sample.py" in event for event in events), events
