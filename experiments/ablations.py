@@ -49,8 +49,8 @@ How each variant gets the same compute (--minutes of training time, B = 60 * min
   * `hierarchy` splits B across its levels in the proportions the defaults do:
     level l trains s * default_steps_l steps with one scale s for all levels,
     s = B / sum_l(default_steps_l * t_l) (the scripts' --steps defaults, read from
-    their configs, today 1200, 600, 600: level 1 gets the steps, relative to the others, it gets in
-    the default run).
+    their configs, today 1200, 600, 600: each level gets the same share of the
+    steps as in the default run).
   * The other variants change only the upsampling levels, so they share the
     hierarchy's level 1 (trained once, into <out>/hierarchy/level1; its time counts
     in every variant's budget) and split what is left, B - steps_1 * t_1, over
